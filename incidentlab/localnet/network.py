@@ -1,0 +1,230 @@
+"""The localnet's network file: chain id, timeouts, validator identities and ports.
+
+The supervisor writes it once when the localnet is created; every validator process reads
+it at start, so a restarted validator keeps its ports, keys and data folder.
+Standard library only.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import datetime as _dt
+import hashlib
+import hmac
+import json
+import random
+import socket
+from pathlib import Path
+
+__all__ = [
+    "Timeouts",
+    "ValidatorSpec",
+    "Network",
+    "create_network",
+    "load_network",
+    "sign",
+    "CLASSIC_PORTS",
+]
+
+#: CometBFT's well-known ports for the first node.
+CLASSIC_PORTS = {"p2p": 26656, "rpc": 26657, "metrics": 26660}
+#: Voting power of each localnet validator (equal power, as in the design).
+DEFAULT_POWER = 10
+NETWORK_FILE = "network.json"
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Timeouts:
+    """CometBFT consensus timeouts in seconds, before time scaling.
+
+    The defaults are CometBFT's: propose 3 s, prevote and precommit 1 s, each plus 0.5 s
+    per round beyond 0, and commit 1 s.
+    """
+
+    propose: float = 3.0
+    propose_delta: float = 0.5
+    prevote: float = 1.0
+    prevote_delta: float = 0.5
+    precommit: float = 1.0
+    precommit_delta: float = 0.5
+    commit: float = 1.0
+
+    def scaled(self, time_scale: float) -> "Timeouts":
+        """Return the timeouts multiplied by ``time_scale``."""
+        return Timeouts(**{f.name: getattr(self, f.name) * time_scale for f in dataclasses.fields(self)})
+
+    def propose_for(self, round_: int) -> float:
+        return self.propose + self.propose_delta * round_
+
+    def prevote_for(self, round_: int) -> float:
+        return self.prevote + self.prevote_delta * round_
+
+    def precommit_for(self, round_: int) -> float:
+        return self.precommit + self.precommit_delta * round_
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ValidatorSpec:
+    """Identity and endpoints of one validator."""
+
+    index: int
+    name: str
+    node_id: str
+    address: str
+    pub_key: str
+    secret: str
+    power: int
+    ports: dict
+    home: str
+
+    @property
+    def rpc_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports['rpc']}"
+
+    @property
+    def p2p_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports['p2p']}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports['metrics']}/metrics"
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Network:
+    """The whole localnet as every validator sees it."""
+
+    chain_id: str
+    time_scale: float
+    timeouts: Timeouts
+    genesis_time: str
+    validators: tuple
+    path: str = ""
+
+    @property
+    def total_power(self) -> int:
+        return sum(v.power for v in self.validators)
+
+    def validator(self, name: str) -> ValidatorSpec:
+        for spec in self.validators:
+            if spec.name == name:
+                return spec
+        raise KeyError(name)
+
+    def to_json(self) -> dict:
+        return {
+            "chain_id": self.chain_id,
+            "time_scale": self.time_scale,
+            "timeouts": dataclasses.asdict(self.timeouts),
+            "genesis_time": self.genesis_time,
+            "validators": [dataclasses.asdict(v) for v in self.validators],
+        }
+
+
+def create_network(
+    directory: Path,
+    *,
+    chain_id: str,
+    validators: int,
+    time_scale: float,
+    seed: int = 0,
+    classic_ports: bool = True,
+    name_prefix: str = "virtengine-node-",
+) -> Network:
+    """Create the identities and ports of a new localnet and write ``network.json``.
+
+    Keys derive from ``seed`` so that the same seed gives the same addresses. Ports are
+    free ports on 127.0.0.1 at the time of the call; the first validator gets the classic
+    CometBFT ports when ``classic_ports`` is true and they are free.
+    """
+    directory = Path(directory)
+    rng = random.Random(f"{chain_id}:{seed}")
+    taken: set[int] = set()
+    specs = []
+    for index in range(validators):
+        secret = bytes(rng.getrandbits(8) for _ in range(32))
+        pub_key = hashlib.sha256(b"pub:" + secret).digest()
+        # CometBFT derives the validator address from the first 20 bytes of SHA-256 of the public key.
+        address = hashlib.sha256(pub_key).hexdigest()[:40].upper()
+        node_id = hashlib.sha256(b"node:" + secret).hexdigest()[:40]
+        name = f"{name_prefix}{index}"
+        wanted = CLASSIC_PORTS if (classic_ports and index == 0) else {}
+        ports = {kind: _pick_port(wanted.get(kind), taken) for kind in ("p2p", "rpc", "metrics")}
+        specs.append(
+            ValidatorSpec(
+                index=index,
+                name=name,
+                node_id=node_id,
+                address=address,
+                pub_key=base64.b64encode(pub_key).decode(),
+                secret=secret.hex(),
+                power=DEFAULT_POWER,
+                ports=ports,
+                home=str(directory / name),
+            )
+        )
+    now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
+    network = Network(
+        chain_id=chain_id,
+        time_scale=time_scale,
+        timeouts=Timeouts(),
+        genesis_time=now,
+        validators=tuple(specs),
+        path=str(directory / NETWORK_FILE),
+    )
+    directory.mkdir(parents=True, exist_ok=True)
+    tmp = directory / (NETWORK_FILE + ".tmp")
+    tmp.write_text(json.dumps(network.to_json(), indent=2) + "\n", encoding="utf-8")
+    tmp.replace(directory / NETWORK_FILE)
+    return network
+
+
+def load_network(path: str | Path) -> Network:
+    """Read a network file written by create_network."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / NETWORK_FILE
+    raw = json.loads(path.read_text(encoding="utf-8"))
+    return Network(
+        chain_id=raw["chain_id"],
+        time_scale=float(raw["time_scale"]),
+        timeouts=Timeouts(**raw["timeouts"]),
+        genesis_time=raw["genesis_time"],
+        validators=tuple(ValidatorSpec(**v) for v in raw["validators"]),
+        path=str(path),
+    )
+
+
+def sign(secret_hex: str, payload: bytes) -> str:
+    """Return a base64 64-byte signature of ``payload`` with a validator's secret.
+
+    NOTE: the localnet signs with HMAC-SHA512, not Ed25519, because the standard library
+    has no Ed25519. The encoding and length match CometBFT's signatures; the algorithm does not.
+    """
+    digest = hmac.new(bytes.fromhex(secret_hex), payload, hashlib.sha512).digest()
+    return base64.b64encode(digest).decode()
+
+
+def _pick_port(wanted: int | None, taken: set[int]) -> int:
+    if wanted and wanted not in taken and _port_is_free(wanted):
+        taken.add(wanted)
+        return wanted
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        if port not in taken:
+            taken.add(port)
+            return port
+    raise OSError("could not find a free TCP port on 127.0.0.1 after 50 attempts")
+
+
+def _port_is_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
