@@ -212,6 +212,8 @@ class ConsensusState:
             return self._precommit(NIL)
         if kind == "precommit" and self.step in (Step.PREVOTE, Step.PRECOMMIT):
             return self._enter_round(self.round + 1)
+        if kind == "round" and self.step != Step.COMMIT:
+            return self._enter_round(self.round + 1)
         return []
 
     def own_votes(self) -> list[dict]:
@@ -240,6 +242,7 @@ class ConsensusState:
         self.blocks: dict[str, dict] = {}
         self.locked_hash, self.locked_round = NIL, -1
         self.valid_hash, self.valid_round = NIL, -1
+        self._scheduled: set[tuple[str, int]] = set()
         self.rounds_this_height = 0
 
     def _new_height(self) -> list:
@@ -254,6 +257,12 @@ class ConsensusState:
         self.rounds_this_height = round_
         self.step = Step.PROPOSE
         effects: list = [ScheduleTimeout("propose", self.height, round_, self.timeouts.propose_for(round_))]
+        # Without a quorum online no prevote or precommit wait ever starts. This fallback moves
+        # such a node to the next round after all three waits, so a halted chain keeps climbing
+        # through rounds with ever longer timeouts, which is what operators see as consensus_rounds.
+        round_timeout = (self.timeouts.propose_for(round_) + self.timeouts.prevote_for(round_)
+                         + self.timeouts.precommit_for(round_))
+        effects += self._schedule_once("round", round_, round_timeout)
         if self.me is not None and self.proposer() == self.me:
             effects += self._propose()
         elif round_ in self.proposals:
@@ -289,18 +298,19 @@ class ConsensusState:
             return block_hash
         return NIL
 
-    # The prevote and precommit timeouts start as soon as the step starts, quorum or not, so a
-    # chain without a quorum keeps moving through rounds with ever longer timeouts (the halt
-    # that CometBFT operators see as a climbing consensus_rounds).
     def _prevote(self, block_hash: str) -> list:
         self.step = Step.PREVOTE
-        timeout = ScheduleTimeout("prevote", self.height, self.round, self.timeouts.prevote_for(self.round))
-        return [timeout] + self._vote("prevote", block_hash)
+        return self._vote("prevote", block_hash)
 
     def _precommit(self, block_hash: str) -> list:
         self.step = Step.PRECOMMIT
-        timeout = ScheduleTimeout("precommit", self.height, self.round, self.timeouts.precommit_for(self.round))
-        return [timeout] + self._vote("precommit", block_hash)
+        return self._vote("precommit", block_hash)
+
+    def _schedule_once(self, kind: str, round_: int, delay: float) -> list:
+        if (kind, round_) in self._scheduled:
+            return []
+        self._scheduled.add((kind, round_))
+        return [ScheduleTimeout(kind, self.height, round_, delay)]
 
     def _vote(self, vote_type: str, block_hash: str) -> list:
         if self.me is None:
@@ -324,6 +334,8 @@ class ConsensusState:
         if majority and majority in self.blocks:
             self.locked_hash, self.locked_round = majority, round_
             return self._precommit(majority)
+        if vote_set.total >= self.quorum:
+            return self._schedule_once("prevote", round_, self.timeouts.prevote_for(round_))
         return []
 
     def _on_precommit_change(self, round_: int) -> list:
@@ -333,6 +345,8 @@ class ConsensusState:
         majority = vote_set.majority(self.quorum)
         if majority and majority != NIL and majority in self.blocks:
             return self._commit(majority, round_)
+        if round_ == self.round and vote_set.total >= self.quorum and self.step != Step.COMMIT:
+            return self._schedule_once("precommit", round_, self.timeouts.precommit_for(round_))
         return []
 
     def _check_commit_any_round(self) -> list:

@@ -55,7 +55,8 @@ def serve_all(node: ValidatorNode) -> list[_Server]:
     for kind, handler in (("rpc", _RPCHandler), ("p2p", _P2PHandler), ("metrics", _MetricsHandler)):
         server = _Server(("127.0.0.1", node.spec.ports[kind]), handler)
         server.node = node
-        threading.Thread(target=server.serve_forever, name=f"{kind}-server", daemon=True).start()
+        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, name=f"{kind}-server",
+                         daemon=True).start()
         servers.append(server)
         logger.info("%s server listening on 127.0.0.1:%d node=%s", kind, node.spec.ports[kind], node.spec.name)
     return servers
@@ -63,6 +64,9 @@ def serve_all(node: ValidatorNode) -> list[_Server]:
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # Headers and body go out in two writes; without TCP_NODELAY, Nagle's algorithm and the
+    # peer's delayed ACK hold the body about 40 ms on every keep-alive request.
+    disable_nagle_algorithm = True
     server: _Server
 
     def log_message(self, format: str, *args) -> None:  # noqa: A002 - the base class's name
@@ -254,6 +258,39 @@ def _abci_info(node: ValidatorNode, params: dict) -> dict:
     }}
 
 
+def _dump_consensus_state(node: ValidatorNode, params: dict) -> dict:
+    """A subset of CometBFT's dump_consensus_state: this node's round state and its peers' heights."""
+    state = node.consensus
+    if state is None:
+        return {"round_state": {"height/round/step": f"{node.store.height() + 1}/0/0", "catching_up": True},
+                "peers": []}
+    step_numbers = {"NewHeight": 1, "Propose": 3, "Prevote": 4, "Precommit": 6, "Commit": 8}
+    votes = []
+    for round_ in sorted(set(state.prevotes) | set(state.precommits)):
+        prevotes = state.prevotes.get(round_)
+        precommits = state.precommits.get(round_)
+        votes.append({
+            "round": round_,
+            "prevotes": sorted(f"{v['validator'][:12]}:{v['block_hash'][:12] or 'nil'}" for v in (prevotes.votes.values() if prevotes else [])),
+            "precommits": sorted(f"{v['validator'][:12]}:{v['block_hash'][:12] or 'nil'}" for v in (precommits.votes.values() if precommits else [])),
+        })
+    round_state = {
+        "height/round/step": f"{state.height}/{state.round}/{step_numbers[state.step.value]}",
+        "height": str(state.height),
+        "round": state.round,
+        "step": step_numbers[state.step.value],
+        "proposer": {"address": state.proposer(), "index": [v.address for v in state.validators].index(state.proposer())},
+        "locked_round": state.locked_round,
+        "locked_block_hash": state.locked_hash,
+        "valid_round": state.valid_round,
+        "valid_block_hash": state.valid_hash,
+        "votes": votes,
+    }
+    peers = [{"node_address": f"{peer.spec.node_id}@127.0.0.1:{peer.spec.ports['p2p']}", "connected": peer.connected()}
+             for peer in node.peers.values()]
+    return {"round_state": round_state, "peers": peers}
+
+
 def _height_param(params: dict, latest_height: int) -> int:
     """Parse ``height`` like CometBFT: absent means latest, and it must be within 1..latest."""
     raw = params.get("height")
@@ -280,4 +317,5 @@ _METHODS = {
     "net_info": _net_info,
     "block": _block,
     "abci_info": _abci_info,
+    "dump_consensus_state": _dump_consensus_state,
 }

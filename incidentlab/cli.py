@@ -1,0 +1,104 @@
+"""The ``incidentlab`` command: lab up/down/status and run.
+
+Imports stay inside the command functions so that ``incidentlab --help`` starts fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+__all__ = ["main", "build_parser"]
+
+logger = logging.getLogger(__name__)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="incidentlab",
+        description="Hands-on incident-response lab for VirtEngine operators.",
+    )
+    parser.add_argument("--home", help="lab home folder (default: $INCIDENTLAB_HOME or ~/incident-lab)")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="log more (-v INFO, -vv DEBUG)")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    lab = commands.add_parser("lab", help="start, stop and list the embedded localnet")
+    lab_commands = lab.add_subparsers(dest="lab_command", metavar="ACTION", required=True)
+    up = lab_commands.add_parser("up", help="start the localnet (created on first use)")
+    up.add_argument("--validators", type=int, default=None, help="number of validators (default 4)")
+    up.add_argument("--time-scale", type=float, default=None,
+                    help="multiplier of every duration: 1.0 is CometBFT's timing, 0.2 five times faster")
+    up.add_argument("--backend", default="auto", help="auto or local (default: auto)")
+    lab_commands.add_parser("down", help="stop every localnet process")
+    status = lab_commands.add_parser("status", help="list the targets like `docker ps`")
+    status.add_argument("--json", action="store_true", help="print the endpoints as JSON for scripts")
+
+    run = commands.add_parser("run", help="execute a simulation notebook headless with papermill")
+    run.add_argument("notebook", help="scenario id (like node-down) or a notebook path")
+    run.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
+                     help="notebook parameter, like -p seed 3 (repeatable)")
+    run.add_argument("--keep-up", action="store_true", help="leave the localnet running after the run")
+    run.add_argument("--timeout", type=float, default=900.0, help="seconds one cell may run (default 900)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = (logging.WARNING, logging.INFO, logging.DEBUG)[min(args.verbose, 2)]
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    from .errors import IncidentLabError
+
+    try:
+        if args.command == "lab":
+            return _lab_command(args)
+        if args.command == "run":
+            return _run_command(args)
+    except IncidentLabError as exc:
+        print(f"incidentlab: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("incidentlab: interrupted", file=sys.stderr)
+        return 130
+    parser.error(f"unknown command {args.command!r}")
+    return 2
+
+
+def _lab_command(args: argparse.Namespace) -> int:
+    from .lab import Lab
+
+    if args.lab_command == "up":
+        lab = Lab.connect(args.backend, home=args.home, validators=args.validators, time_scale=args.time_scale)
+        print(lab.targets().to_string(index=False))
+        return 0
+    lab = Lab.connect(home=args.home, start=False)
+    if args.lab_command == "down":
+        lab.down()
+        print(f"localnet in {lab.config.home} is down")
+        return 0
+    if args.json:
+        print(json.dumps(lab.status(), indent=2))
+        return 0
+    targets = lab.targets()
+    if targets.empty:
+        print(f"no localnet in {lab.config.home}; start one with `incidentlab lab up`")
+        return 0
+    print(targets.to_string(index=False))
+    return 0
+
+
+def _run_command(args: argparse.Namespace) -> int:
+    from .runner import run_notebook
+
+    result = run_notebook(args.notebook, dict(args.parameter), home=args.home, keep_up=args.keep_up,
+                          cell_timeout=args.timeout)
+    print(f"executed notebook: {result.output_path}")
+    if result.report_path:
+        print(f"incident report:   {result.report_path}")
+    if result.error:
+        print(f"incidentlab: the notebook failed: {result.error}", file=sys.stderr)
+        return 1
+    return 0

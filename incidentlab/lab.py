@@ -1,0 +1,288 @@
+"""Lab: the one object a notebook holds, over the embedded localnet or another backend.
+
+It lists and inspects targets, runs remediation actions (each one lands in the timeline of
+the running simulation), probes the chain and starts simulations.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .config import BACKENDS, LabConfig, default_home
+from .errors import ConfigError, ProbeError, ScenarioError
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from .probes.rpc import CometBFTClient
+    from .scenarios.base import Simulation
+
+__all__ = ["Lab"]
+
+logger = logging.getLogger(__name__)
+
+#: Backends this version can run; the others are planned and rejected with a clear error.
+AVAILABLE_BACKENDS = ("local",)
+#: Remediation actions that change the system and so are recorded in the timeline.
+ACTIONS = ("start", "stop", "restart", "pause", "unpause", "kill")
+
+
+class Lab:
+    """A connected lab: its configuration, its backend and the simulation running in it."""
+
+    def __init__(self, config: LabConfig, backend) -> None:
+        self.config = config
+        self.backend = backend
+        self.simulation_running: Simulation | None = None
+        self._rpc: CometBFTClient | None = None
+
+    # -- connecting --------------------------------------------------------------------
+
+    @classmethod
+    def connect(
+        cls,
+        backend: str = "auto",
+        *,
+        home: str | Path | None = None,
+        validators: int | None = None,
+        time_scale: float | None = None,
+        start: bool = True,
+    ) -> "Lab":
+        """Connect to the lab in ``home`` (default: $INCIDENTLAB_HOME or ~/incident-lab).
+
+        ``backend="auto"`` picks the embedded localnet (the local backend). With ``start``
+        the localnet is started when it is not up; a running one is reused as it is, and
+        then ``validators`` and ``time_scale`` must match it or be None.
+        Raises ConfigError for an unknown or unavailable backend or a mismatched setting.
+        """
+        if backend not in BACKENDS:
+            raise ConfigError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+        if backend not in ("auto", *AVAILABLE_BACKENDS):
+            raise ConfigError(
+                f"the {backend} backend is not available in this version of incidentlab; "
+                "use backend='local' (the embedded localnet) or 'auto'"
+            )
+        home_path = Path(home).expanduser() if home else default_home()
+        config = _config_for(home_path, validators, time_scale)
+        config.ensure_home()
+        from .backends.local import LocalBackend
+
+        lab = cls(config, LocalBackend(config))
+        if start and not lab.backend.is_up():
+            logger.info("starting the embedded localnet in %s", config.home)
+            lab.backend.up()
+        return lab
+
+    def down(self) -> list[dict]:
+        """Stop every localnet process of this lab (``incidentlab lab down``)."""
+        if self.simulation_running is not None:
+            self.simulation_running.close()
+        return self.backend.down()
+
+    # -- targets -----------------------------------------------------------------------
+
+    def targets(self) -> "pd.DataFrame":
+        """Return the lab's targets as a table like ``docker ps -a``."""
+        return self.backend.targets()
+
+    def inspect(self, name: str) -> dict:
+        """Return a target's State like ``docker inspect --format '{{json .State}}'``."""
+        return self.backend.inspect(name)
+
+    def logs(self, name: str, tail: int | str = 50, timestamps: bool = True) -> str:
+        """Return the last ``tail`` lines of a target's log, like ``docker logs --tail``."""
+        return self.backend.logs(name, tail=tail, timestamps=timestamps)
+
+    def inspect_all(self) -> "pd.DataFrame":
+        """Return every target's State as one table (Status, ExitCode, OOMKilled, StartedAt, ...)."""
+        import pandas as pd
+
+        rows = [{"NAME": name, **self.backend.inspect(name)} for name in self.backend.targets()["NAME"]]
+        return pd.DataFrame(rows)
+
+    def recent_logs(self, tail: int = 5) -> "pd.DataFrame":
+        """Return the last ``tail`` log lines of every target, like ``docker logs --tail`` on each."""
+        import pandas as pd
+
+        rows = []
+        for name in self.backend.targets()["NAME"]:
+            for line in self.backend.logs(name, tail=tail, timestamps=False).splitlines():
+                rows.append({"target": name, "line": line})
+        return pd.DataFrame(rows, columns=["target", "line"])
+
+    def status(self) -> dict:
+        """Return the lab as ``incidentlab lab status --json`` prints it."""
+        network = self.backend.localnet.network()
+        return {
+            "backend": self.backend.name,
+            "chain_id": network.chain_id if network else self.config.chain_id,
+            "home": str(self.config.home),
+            "time_scale": network.time_scale if network else self.config.time_scale,
+            "services": self.backend.localnet.services(),
+        }
+
+    def validators(self) -> list[str]:
+        """Return the names of the validator targets."""
+        return [service["name"] for service in self.status()["services"] if service["kind"] == "validator"]
+
+    # -- actions (recorded in the running simulation's timeline) -------------------------
+
+    def start(self, name: str) -> dict:
+        """Start a stopped target, like ``docker start``; returns its new State."""
+        return self._act("start", name)
+
+    def stop(self, name: str, timeout: float = 10) -> dict:
+        """Stop a target (SIGTERM, then SIGKILL after ``timeout`` seconds), like ``docker stop``."""
+        return self._act("stop", name, timeout=timeout)
+
+    def restart(self, name: str) -> dict:
+        """Stop then start a target, like ``docker restart``."""
+        return self._act("restart", name)
+
+    def pause(self, name: str) -> dict:
+        """Freeze a target (SIGSTOP), like ``docker pause``."""
+        return self._act("pause", name)
+
+    def unpause(self, name: str) -> dict:
+        """Resume a frozen target (SIGCONT), like ``docker unpause``."""
+        return self._act("unpause", name)
+
+    def kill(self, name: str, signal: str | int = "SIGKILL") -> dict:
+        """Send a signal to a target, like ``docker kill --signal``."""
+        return self._act("kill", name, signal=signal)
+
+    def _act(self, action: str, name: str, **options) -> dict:
+        simulation = self.simulation_running
+        state = getattr(self.backend, action)(name, **options)
+        if simulation is not None:
+            simulation.record_action(action, name, state, **options)
+        return state
+
+    # -- probes ------------------------------------------------------------------------
+
+    @property
+    def rpc(self) -> "CometBFTClient":
+        """CometBFT RPC client of the first validator (the node at the classic port 26657)."""
+        from .probes.rpc import CometBFTClient
+
+        if self._rpc is None:
+            first = self.status()["services"][0]
+            self._rpc = CometBFTClient(first["rpc"], timeout=self.probe_timeout)
+        return self._rpc
+
+    def rpc_for(self, name: str) -> "CometBFTClient":
+        """Return a CometBFT RPC client for the validator ``name``."""
+        from .probes.rpc import CometBFTClient
+
+        for service in self.status()["services"]:
+            if service["name"] == name:
+                return CometBFTClient(service["rpc"], timeout=self.probe_timeout)
+        self.backend.inspect(name)  # raises TargetNotFound with the known names
+        raise ScenarioError(f"target {name!r} has no RPC endpoint")
+
+    @property
+    def probe_timeout(self) -> float:
+        """Read timeout of probes in seconds: long enough for a healthy node, short for a frozen one."""
+        return max(0.5, min(2.0, 2.0 * self.config.time_scale))
+
+    def endpoints(self) -> dict[str, str]:
+        """Return {validator name: RPC URL}."""
+        return {s["name"]: s["rpc"] for s in self.status()["services"] if s["kind"] == "validator"}
+
+    def heights(self, count: int = 10, interval: float | None = None, *, wide: bool = True) -> "pd.DataFrame":
+        """Probe every validator's /status ``count`` times, ``interval`` seconds apart (default one block time).
+
+        This is the lab document's loop of ``curl .../status`` calls. With ``wide`` the table has
+        one row per round and one column per validator, showing the height or the error kind
+        (refused, timeout); otherwise one row per sample (time, target, ok, height, ...).
+        """
+        from .probes.sampler import sample_heights
+
+        if interval is None:
+            interval = self.block_time
+        endpoints = self.endpoints()
+        samples = sample_heights(endpoints, count=count, interval=interval, timeout=self.probe_timeout)
+        if not wide:
+            return samples
+        samples["round"] = samples.index // len(endpoints)
+        samples["value"] = samples["height"].astype("string").where(samples["ok"], samples["error"])
+        table = samples.pivot(index="round", columns="target", values="value")
+        table.insert(0, "time", samples.groupby("round")["time"].min().dt.strftime("%H:%M:%S.%f").str[:-3])
+        table.columns.name = None
+        return table
+
+    @property
+    def block_time(self) -> float:
+        """Expected seconds between blocks when every validator is up (timeout_commit, scaled)."""
+        return max(0.05, 1.0 * self.config.time_scale)
+
+    def preflight(self) -> "pd.DataFrame":
+        """Return a table of checks: each validator's RPC healthy and the chain progressing."""
+        from .probes.preflight import preflight
+
+        return preflight(self)
+
+    # -- simulations -------------------------------------------------------------------
+
+    def simulation(self, scenario: str, **options) -> "Simulation":
+        """Create the simulation ``scenario`` (like "node-down") in this lab.
+
+        Options are the simulation's: learner, seed, mode, answers_path, variant.
+        Raises ScenarioError for an unknown scenario, naming the known ones.
+        """
+        from .scenarios import create
+
+        if self.simulation_running is not None and self.simulation_running.active:
+            raise ScenarioError(
+                f"simulation {self.simulation_running.scenario_id!r} is still running in this lab; "
+                "call its close() before starting another"
+            )
+        simulation = create(scenario, self, **options)
+        self.simulation_running = simulation
+        return simulation
+
+    def __repr__(self) -> str:
+        return f"Lab(backend={self.backend.name!r}, home={str(self.config.home)!r})"
+
+
+def _config_for(home: Path, validators: int | None, time_scale: float | None) -> LabConfig:
+    """Build the configuration, taking the settings of an existing localnet in ``home``.
+
+    A stopped localnet whose settings differ from the requested ones is removed so that a new
+    one is created; a running one is never replaced, and the mismatch raises ConfigError.
+    """
+    from .localnet.network import load_network
+    from .localnet.supervisor import Localnet
+
+    requested = LabConfig(home=home, backend="local", validators=validators or 4, time_scale=time_scale or 1.0)
+    network_file = requested.localnet_dir / "network.json"
+    if not network_file.exists():
+        return requested
+    try:
+        network = load_network(network_file)
+    except (OSError, ValueError, KeyError) as exc:
+        raise ConfigError(
+            f"the localnet file {network_file} is unreadable ({exc}); run `incidentlab lab down` "
+            f"and remove {network_file.parent} to create a new localnet"
+        ) from exc
+    existing = LabConfig(home=home, backend="local", validators=len(network.validators),
+                         time_scale=network.time_scale, chain_id=network.chain_id)
+    mismatches = [
+        f"{setting}={wanted!r} (the localnet has {actual!r})"
+        for setting, wanted, actual in (("validators", validators, existing.validators),
+                                        ("time_scale", time_scale, existing.time_scale))
+        if wanted is not None and float(wanted) != float(actual)
+    ]
+    if not mismatches:
+        return existing
+    if Localnet(existing).is_up():
+        raise ConfigError(
+            f"{' and '.join(mismatches)} do not match the running localnet in {home}; "
+            "run `incidentlab lab down` first, or use another lab home (INCIDENTLAB_HOME)"
+        )
+    logger.info("recreating the stopped localnet in %s for %s", home, ", ".join(mismatches))
+    shutil.rmtree(requested.localnet_dir)
+    return requested

@@ -1,0 +1,134 @@
+"""Run a simulation notebook headless with papermill, in batch mode, on the embedded localnet."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import logging
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from .config import LabConfig, default_home
+from .errors import ConfigError
+from .scenarios import NOTEBOOKS
+
+__all__ = ["run_notebook", "RunResult", "read_report", "resolve_notebook"]
+
+logger = logging.getLogger(__name__)
+
+#: Parameters of a headless run unless the caller gives them: batch mode, five times faster.
+RUN_DEFAULTS = {"mode": "batch", "time_scale": 0.2, "seed": 7, "learner": "learner", "backend": "auto"}
+REPORT_MIME = "application/vnd.incidentlab.report+json"
+
+
+@dataclasses.dataclass
+class RunResult:
+    """Where the executed notebook and its report went, and the error if a cell failed."""
+
+    output_path: Path
+    report_path: Path | None
+    record: dict | None
+    error: str | None
+
+
+def resolve_notebook(notebook: str) -> tuple[Path, str | None]:
+    """Return (notebook path, scenario id or None) for a scenario id or a notebook path."""
+    from ._resources import notebooks_dir
+
+    if notebook in NOTEBOOKS:
+        return notebooks_dir() / NOTEBOOKS[notebook], notebook
+    path = Path(notebook).expanduser()
+    if path.suffix == ".ipynb" and path.is_file():
+        scenario = next((sid for sid, name in NOTEBOOKS.items() if name == path.name), None)
+        return path.resolve(), scenario
+    raise ConfigError(f"{notebook!r} is neither a scenario id nor a notebook file; scenario ids: "
+                      f"{', '.join(sorted(NOTEBOOKS))}")
+
+
+def run_notebook(notebook: str, parameters: dict[str, Any] | None = None, *, home: str | Path | None = None,
+                 keep_up: bool = False, cell_timeout: float = 900.0, output_path: str | Path | None = None) -> RunResult:
+    """Execute ``notebook`` with papermill and return where its output and report went.
+
+    Takes a scenario id or a notebook path and papermill parameters (strings from the command
+    line are converted like papermill's ``-p``). The executed notebook is saved under the lab
+    home's runs/ folder even when a cell fails; the failure is returned in ``error``. The
+    localnet is stopped afterwards unless it was already up before the run or ``keep_up``.
+    """
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
+    from .backends.local import LocalBackend
+
+    path, scenario = resolve_notebook(notebook)
+    home_path = Path(home).expanduser().resolve() if home else default_home()
+    params = {**RUN_DEFAULTS, **{k: _convert(v) for k, v in (parameters or {}).items()}}
+    if scenario and not params.get("answers_path") and params["mode"] == "batch":
+        params["answers_path"] = str(_example_answers(scenario, params["seed"]))
+    started = _dt.datetime.now(_dt.timezone.utc)
+    if output_path is None:
+        safe_learner = re.sub(r"[^A-Za-z0-9_.-]", "_", str(params["learner"]))[:64]
+        output_path = home_path / "runs" / f"{started:%Y%m%dT%H%M%SZ}-{path.stem}-{safe_learner}.ipynb"
+    output_path = Path(output_path)
+    output_path.parent.mkdir(parents=True, exist_ok=True)
+
+    backend = LocalBackend(LabConfig(home=home_path, backend="local"))
+    was_up = backend.is_up()
+    os.environ["INCIDENTLAB_HOME"] = str(home_path)  # the kernel inherits it, so Lab.connect() finds this home
+    error = None
+    logger.info("running %s -> %s with %s", path.name, output_path, params)
+    try:
+        papermill.execute_notebook(str(path), str(output_path), parameters=params, kernel_name="python3",
+                                   cwd=str(path.parent), execution_timeout=cell_timeout, progress_bar=False)
+    except PapermillExecutionError as exc:
+        error = f"cell {exc.exec_count}: {exc.ename}: {exc.evalue}"
+    finally:
+        if not (was_up or keep_up):
+            backend.down()
+    record = read_report(output_path)
+    report_path = None
+    if record is not None:
+        report_path = home_path / "incidents" / f"{record['id']}.md"
+    return RunResult(output_path, report_path, record, error)
+
+
+def read_report(notebook_path: str | Path) -> dict | None:
+    """Return the incident record that an executed notebook's report cell emitted, or None."""
+    import nbformat
+
+    notebook = nbformat.read(str(notebook_path), as_version=4)
+    found = None
+    for cell in notebook.cells:
+        for output in cell.get("outputs", []):
+            data = output.get("data", {})
+            if REPORT_MIME in data:
+                found = data[REPORT_MIME]
+    return found
+
+
+def _example_answers(scenario: str, seed: Any) -> Path:
+    from ._resources import project_root
+
+    path = project_root() / "data" / "answers" / f"{scenario}-seed-{seed}.yaml"
+    if not path.exists():
+        raise ConfigError(f"no example answers file for scenario {scenario!r} with seed {seed!r} ({path}); "
+                          "pass -p answers_path FILE, or use the seed of a file in data/answers/")
+    return path
+
+
+def _convert(value: Any) -> Any:
+    """Convert a command-line string like papermill's ``-p``: int, float, bool, None, else str."""
+    if not isinstance(value, str):
+        return value
+    lowered = value.lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    if lowered in ("none", "null"):
+        return None
+    for kind in (int, float):
+        try:
+            return kind(value)
+        except ValueError:
+            pass
+    return value

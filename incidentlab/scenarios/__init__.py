@@ -1,0 +1,33 @@
+"""Scenario registry: the simulations a lab can run, by id."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ..errors import ScenarioError
+
+if TYPE_CHECKING:
+    from ..lab import Lab
+    from .base import Simulation
+
+__all__ = ["create", "SCENARIOS", "NOTEBOOKS"]
+
+#: Scenario id -> (module, class name).
+SCENARIOS = {
+    "node-down": ("node_down", "NodeDown"),
+}
+#: Scenario id -> notebook file under notebooks/.
+NOTEBOOKS = {
+    "node-down": "02-node-down.ipynb",
+}
+
+
+def create(scenario: str, lab: "Lab", **options) -> "Simulation":
+    """Return a new simulation of ``scenario`` in ``lab``; raises ScenarioError for an unknown id."""
+    import importlib
+
+    if scenario not in SCENARIOS:
+        raise ScenarioError(f"unknown scenario {scenario!r}; known scenarios: {', '.join(sorted(SCENARIOS))}")
+    module_name, class_name = SCENARIOS[scenario]
+    module = importlib.import_module(f"{__name__}.{module_name}")
+    return getattr(module, class_name)(lab, **options)
