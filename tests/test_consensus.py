@@ -156,9 +156,12 @@ def test_commit_marks_absent_validator_flag_one():
     net.run_until(12.0)
     _, height, _, _ = net.commits[0][-1]
     commit = net.machines[0].last_commit
-    flags = {s["validator_address"]: s["block_id_flag"] for s in commit["signatures"]}
-    assert flags["VAL3"] == cs.BLOCK_ID_FLAG_ABSENT
-    assert flags["VAL0"] == cs.BLOCK_ID_FLAG_COMMIT
+    absent, signed = commit["signatures"][3], commit["signatures"][0]
+    assert absent["block_id_flag"] == cs.BLOCK_ID_FLAG_ABSENT
+    # CometBFT's absent signature is empty: no address, the zero time, no signature.
+    assert (absent["validator_address"], absent["timestamp"], absent["signature"]) == ("", "0001-01-01T00:00:00Z", None)
+    assert signed["block_id_flag"] == cs.BLOCK_ID_FLAG_COMMIT
+    assert signed["validator_address"] == "VAL0"
 
 
 def test_stale_timeouts_are_ignored():

@@ -382,8 +382,9 @@ class ConsensusState:
         commit = self.last_commit
         if vote["round"] != commit.get("round") or vote["block_hash"] != commit.get("block_hash"):
             return []
-        for index, entry in enumerate(commit["signatures"]):
-            if entry["validator_address"] == vote["validator"] and entry["block_id_flag"] == BLOCK_ID_FLAG_ABSENT:
+        for index, validator in enumerate(self.validators):
+            entry = commit["signatures"][index] if index < len(commit["signatures"]) else None
+            if validator.address == vote["validator"] and entry and entry["block_id_flag"] == BLOCK_ID_FLAG_ABSENT:
                 commit["signatures"][index] = _commit_signature(vote["validator"], vote, commit["block_hash"])
         return []
 
@@ -400,9 +401,15 @@ class ConsensusState:
         return self._enter_round(round_)
 
 
+#: CometBFT's zero time, which an absent commit signature carries.
+ZERO_TIME = "0001-01-01T00:00:00Z"
+
+
 def _commit_signature(address: str, vote: dict | None, block_hash: str) -> dict:
+    # CometBFT rejects an absent signature that names its validator: the entry is empty and
+    # only its position in the validator set says whose it is.
     if vote is None:
-        return {"block_id_flag": BLOCK_ID_FLAG_ABSENT, "validator_address": address, "timestamp": None, "signature": None}
+        return {"block_id_flag": BLOCK_ID_FLAG_ABSENT, "validator_address": "", "timestamp": ZERO_TIME, "signature": None}
     flag = BLOCK_ID_FLAG_COMMIT if vote["block_hash"] == block_hash else BLOCK_ID_FLAG_NIL
     return {
         "block_id_flag": flag,

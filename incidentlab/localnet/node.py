@@ -342,15 +342,15 @@ class ValidatorNode:
     def _update_block_metrics(self, block: dict) -> None:
         height = int(block["header"]["height"])
         signatures = block["last_commit"]["signatures"]
-        power = {v.address: v.power for v in self.network.validators}
-        absent = [s["validator_address"] for s in signatures if s["block_id_flag"] == cs.BLOCK_ID_FLAG_ABSENT]
+        # Signatures are in validator-set order; an absent one carries no address.
+        absent = [v for v, s in zip(self.network.validators, signatures) if s["block_id_flag"] == cs.BLOCK_ID_FLAG_ABSENT]
         self.m_latest_height.set(height)
         self.m_height.set(height + 1 if self.consensus is None else self.consensus.height)
         self.m_num_txs.set(len(block["data"]["txs"]))
         self.m_missing.set(len(absent))
-        self.m_missing_power.set(sum(power.get(a, 0) for a in absent))
-        for entry in signatures:
-            if entry["validator_address"] != self.spec.address:
+        self.m_missing_power.set(sum(v.power for v in absent))
+        for validator, entry in zip(self.network.validators, signatures):
+            if validator.address != self.spec.address:
                 continue
             if entry["block_id_flag"] == cs.BLOCK_ID_FLAG_ABSENT:
                 self._missed_blocks += 1
