@@ -1,4 +1,4 @@
-"""The ``incidentlab`` command: lab up/down/status and run.
+"""The ``incidentlab`` command: lab up/down/status, chaos, cleanup and run.
 
 Imports stay inside the command functions so that ``incidentlab --help`` starts fast.
 """
@@ -35,6 +35,11 @@ def build_parser() -> argparse.ArgumentParser:
     status = lab_commands.add_parser("status", help="list the targets like `docker ps`")
     status.add_argument("--json", action="store_true", help="print the endpoints as JSON for scripts")
 
+    from .chaos.cli import add_chaos_parser, add_cleanup_parser
+
+    add_chaos_parser(commands)
+    add_cleanup_parser(commands)
+
     run = commands.add_parser("run", help="execute a simulation notebook headless with papermill")
     run.add_argument("notebook", help="scenario id (like node-down) or a notebook path")
     run.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
@@ -57,6 +62,14 @@ def main(argv: list[str] | None = None) -> int:
             return _lab_command(args)
         if args.command == "run":
             return _run_command(args)
+        if args.command == "chaos":
+            from .chaos.cli import run_chaos
+
+            return run_chaos(args)
+        if args.command == "cleanup":
+            from .chaos.cli import run_cleanup
+
+            return run_cleanup(args)
     except IncidentLabError as exc:
         print(f"incidentlab: error: {exc}", file=sys.stderr)
         return 2

@@ -18,6 +18,7 @@ __all__ = [
     "RPCTimeout",
     "RPCHTTPError",
     "RPCError",
+    "FaultError",
     "ScenarioError",
     "AnswerFileError",
     "RecordError",
@@ -97,6 +98,10 @@ class RPCError(ProbeError):
         self.status = status
         detail = f": {data}" if data else ""
         super().__init__(url, f"JSON-RPC error {code} ({message}) from {url}{detail}")
+
+
+class FaultError(IncidentLabError):
+    """A fault could not be injected or reverted, or is used wrongly."""
 
 
 class ScenarioError(IncidentLabError):

@@ -17,6 +17,7 @@ from .errors import ConfigError, ProbeError, ScenarioError
 if TYPE_CHECKING:
     import pandas as pd
 
+    from .chaos.faults import Fault
     from .probes.rpc import CometBFTClient
     from .scenarios.base import Simulation
 
@@ -50,12 +51,14 @@ class Lab:
         validators: int | None = None,
         time_scale: float | None = None,
         start: bool = True,
+        reconcile: bool = True,
     ) -> "Lab":
         """Connect to the lab in ``home`` (default: $INCIDENTLAB_HOME or ~/incident-lab).
 
         ``backend="auto"`` picks the embedded localnet (the local backend). With ``start``
         the localnet is started when it is not up; a running one is reused as it is, and
-        then ``validators`` and ``time_scale`` must match it or be None.
+        then ``validators`` and ``time_scale`` must match it or be None. With ``reconcile``,
+        faults left open by a process that died are undone (see ``reconcile()``).
         Raises ConfigError for an unknown or unavailable backend or a mismatched setting.
         """
         if backend not in BACKENDS:
@@ -74,6 +77,10 @@ class Lab:
         if start and not lab.backend.is_up():
             logger.info("starting the embedded localnet in %s", config.home)
             lab.backend.up()
+        # Faults left open by a process that died (a killed kernel, a SIGKILL) are undone now.
+        if reconcile and lab.backend.is_up():
+            for entry in lab.reconcile():
+                logger.warning("undid fault %s on %s left by a dead process: %s", entry["id"], entry.get("target"), entry["note"])
         return lab
 
     def down(self) -> list[dict]:
@@ -160,6 +167,40 @@ class Lab:
         if simulation is not None:
             simulation.record_action(action, name, state, **options)
         return state
+
+    # -- faults --------------------------------------------------------------------------
+
+    def fault(self, kind: str, target: str, **params) -> "Fault":
+        """Create a fault of ``kind`` (pause, pause-cycle, stop, kill, restart, cpu-stress) on ``target``.
+
+        Use it as a context manager, or call ``inject()`` and ``revert()``. Pass ``dry_run=True``
+        to see the plan only. Raises ConfigError for an unknown kind.
+        """
+        from .chaos.faults import FAULTS
+
+        if kind not in FAULTS:
+            raise ConfigError(f"unknown fault kind {kind!r}; use one of {', '.join(sorted(FAULTS))}")
+        return FAULTS[kind](self, target, **params)
+
+    def halt(self) -> "pd.DataFrame":
+        """Undo every open fault at once, this process's and any other's; return the journal."""
+        from .chaos.guard import revert_all
+
+        revert_all("halt")
+        self.reconcile(force=True)
+        return self.journal()
+
+    def reconcile(self, *, force: bool = False) -> list[dict]:
+        """Undo the journal's orphaned faults (``force``: every open fault); return the entries acted on."""
+        from .chaos.cleanup import reconcile
+
+        return reconcile(self.config.home, {self.backend.name: self.backend}, force=force)
+
+    def journal(self) -> "pd.DataFrame":
+        """Return the fault journal: every fault, open or reverted, with its state and times."""
+        from .chaos.journal import Journal
+
+        return Journal(self.config.home).frame()
 
     # -- probes ------------------------------------------------------------------------
 

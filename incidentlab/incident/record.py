@@ -37,6 +37,7 @@ SCHEMA_VERSION = 1
 #: first failing probe, and "recovery_verified" the probes' verdict that the system recovered.
 EVENT_KINDS = (
     "fault_injected",
+    "fault_reverted",
     "probe_failed",
     "acknowledged",
     "severity_set",

@@ -231,6 +231,13 @@ class Simulation:
                                     status=state.get("Status"), **{k: str(v) for k, v in options.items()})
         self.save()
 
+    def record_fault(self, kind: str, message: str, when: _dt.datetime | None, **data: Any) -> None:
+        """Add a chaos fault's injection or revert to the timeline, at its ground-truth time."""
+        if self.incident is None:
+            return
+        self._event(kind, "chaos", message, time=when, **data)
+        self.save()
+
     def verify(self, timeout: float | None = None) -> Verification:
         """Poll the recovery checks until all pass or ``timeout`` seconds pass, then record the verdict."""
         import pandas as pd

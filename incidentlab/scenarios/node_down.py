@@ -10,6 +10,7 @@ import datetime as _dt
 import logging
 import time
 
+from ..chaos.faults import Kill, Stop
 from ..errors import ConfigError, ProbeError
 from .base import Simulation
 
@@ -54,24 +55,20 @@ class NodeDown(Simulation):
     def apply_fault(self) -> None:
         self.height_at_injection = self._max_height() or 0
         self._heights: list[tuple[float, int]] = []
+        # Journaled faults, so that `incidentlab cleanup` restarts the validators even if this
+        # kernel dies mid-incident. The simulation records the injection itself, once.
+        fault_class = Stop if self.variant["how"] == "stop" else Kill
+        self.faults = [fault_class(self.lab, name, record=False).inject() for name in self.variant["targets"]]
         for name in self.variant["targets"]:
-            if self.variant["how"] == "stop":
-                self.lab.backend.stop(name)
-            else:
-                self.lab.backend.kill(name, signal="SIGKILL")
             logger.info("node-down fault: %s %s incident=%s", self.variant["how"], name, self.incident.id)
 
     def revert_fault(self) -> list[str]:
         undone = []
-        for name in self.variant["targets"]:
-            status = self.lab.backend.inspect(name)["Status"]
-            if status == "paused":
-                self.lab.backend.unpause(name)
-            elif status != "running":
-                self.lab.backend.start(name)
-            else:
-                continue
-            undone.append(f"started {name}")
+        for fault in getattr(self, "faults", []):
+            was_running = self.lab.backend.inspect(fault.target)["Status"] == "running"
+            fault.revert()
+            if not was_running:
+                undone.append(f"started {fault.target}")
         return undone
 
     def recovery_checks(self) -> list[dict]:
