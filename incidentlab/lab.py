@@ -26,7 +26,7 @@ __all__ = ["Lab"]
 logger = logging.getLogger(__name__)
 
 #: Backends this version can run; the others are planned and rejected with a clear error.
-AVAILABLE_BACKENDS = ("local",)
+AVAILABLE_BACKENDS = ("local", "docker")
 #: Remediation actions that change the system and so are recorded in the timeline.
 ACTIONS = ("start", "stop", "restart", "pause", "unpause", "kill")
 
@@ -55,7 +55,8 @@ class Lab:
     ) -> "Lab":
         """Connect to the lab in ``home`` (default: $INCIDENTLAB_HOME or ~/incident-lab).
 
-        ``backend="auto"`` picks the embedded localnet (the local backend). With ``start``
+        ``backend="auto"`` picks Docker when containers named ``virtengine-*`` run there, else the
+        embedded localnet as local processes. With ``start``
         the localnet is started when it is not up; a running one is reused as it is, and
         then ``validators`` and ``time_scale`` must match it or be None. With ``reconcile``,
         faults left open by a process that died are undone (see ``reconcile()``).
@@ -66,14 +67,13 @@ class Lab:
         if backend not in ("auto", *AVAILABLE_BACKENDS):
             raise ConfigError(
                 f"the {backend} backend is not available in this version of incidentlab; "
-                "use backend='local' (the embedded localnet) or 'auto'"
+                "use backend='local' (the embedded localnet), 'docker' or 'auto'"
             )
         home_path = Path(home).expanduser() if home else default_home()
-        config = _config_for(home_path, validators, time_scale)
+        name = _docker_or_local(home_path) if backend == "auto" else backend
+        config = _config_for(home_path, validators, time_scale, name)
         config.ensure_home()
-        from .backends.local import LocalBackend
-
-        lab = cls(config, LocalBackend(config))
+        lab = cls(config, _make_backend(name, config))
         if start and not lab.backend.is_up():
             logger.info("starting the embedded localnet in %s", config.home)
             lab.backend.up()
@@ -122,13 +122,23 @@ class Lab:
 
     def status(self) -> dict:
         """Return the lab as ``incidentlab lab status --json`` prints it."""
-        network = self.backend.localnet.network()
+        from .localnet.routes import read_routes
+
+        network = self.backend.network()
+        services = self.backend.services()
+        # While a latency fault routes a validator through a proxy, clients reach it there.
+        routes = read_routes(self.config.localnet_dir)
+        for service in services:
+            route = routes.get(service["name"], {})
+            if "rpc" in route:
+                service["direct_rpc"] = service["rpc"]
+                service["rpc"] = f"http://127.0.0.1:{route['rpc']}"
         return {
             "backend": self.backend.name,
             "chain_id": network.chain_id if network else self.config.chain_id,
             "home": str(self.config.home),
             "time_scale": network.time_scale if network else self.config.time_scale,
-            "services": self.backend.localnet.services(),
+            "services": services,
         }
 
     def validators(self) -> list[str]:
@@ -230,7 +240,7 @@ class Lab:
         return max(0.5, min(2.0, 2.0 * self.config.time_scale))
 
     def endpoints(self) -> dict[str, str]:
-        """Return {validator name: RPC URL}."""
+        """Return {validator name: RPC URL}, through a latency fault's proxy while one is active."""
         return {s["name"]: s["rpc"] for s in self.status()["services"] if s["kind"] == "validator"}
 
     def heights(self, count: int = 10, interval: float | None = None, *, wide: bool = True) -> "pd.DataFrame":
@@ -289,16 +299,47 @@ class Lab:
         return f"Lab(backend={self.backend.name!r}, home={str(self.config.home)!r})"
 
 
-def _config_for(home: Path, validators: int | None, time_scale: float | None) -> LabConfig:
+def _make_backend(name: str, config: LabConfig):
+    if name == "docker":
+        from .backends.docker import DockerBackend
+
+        return DockerBackend(config)
+    from .backends.local import LocalBackend
+
+    return LocalBackend(config)
+
+
+def _docker_or_local(home: Path) -> str:
+    """Return "docker" when Docker runs containers named virtengine-* for this lab, else "local".
+
+    Containers of this lab home count, and so do those of a real localnet (no incidentlab label);
+    another lab home's containers do not.
+    """
+    try:
+        import docker
+
+        client = docker.from_env(timeout=3)
+        running = client.containers.list(filters={"name": "virtengine-"})
+    except Exception as exc:  # no SDK, no engine, no permission: the embedded localnet it is
+        logger.debug("no Docker targets (%s); using the local backend", exc)
+        return "local"
+    home_label = str(home.expanduser().resolve())
+    for container in running:
+        owner = container.labels.get("incidentlab.home")
+        if owner is None or owner == home_label:
+            return "docker"
+    return "local"
+
+
+def _config_for(home: Path, validators: int | None, time_scale: float | None, backend: str = "local") -> LabConfig:
     """Build the configuration, taking the settings of an existing localnet in ``home``.
 
     A stopped localnet whose settings differ from the requested ones is removed so that a new
     one is created; a running one is never replaced, and the mismatch raises ConfigError.
     """
     from .localnet.network import load_network
-    from .localnet.supervisor import Localnet
 
-    requested = LabConfig(home=home, backend="local", validators=validators or 4, time_scale=time_scale or 1.0)
+    requested = LabConfig(home=home, backend=backend, validators=validators or 4, time_scale=time_scale or 1.0)
     network_file = requested.localnet_dir / "network.json"
     if not network_file.exists():
         return requested
@@ -309,7 +350,7 @@ def _config_for(home: Path, validators: int | None, time_scale: float | None) ->
             f"the localnet file {network_file} is unreadable ({exc}); run `incidentlab lab down` "
             f"and remove {network_file.parent} to create a new localnet"
         ) from exc
-    existing = LabConfig(home=home, backend="local", validators=len(network.validators),
+    existing = LabConfig(home=home, backend=backend, validators=len(network.validators),
                          time_scale=network.time_scale, chain_id=network.chain_id)
     mismatches = [
         f"{setting}={wanted!r} (the localnet has {actual!r})"
@@ -319,7 +360,7 @@ def _config_for(home: Path, validators: int | None, time_scale: float | None) ->
     ]
     if not mismatches:
         return existing
-    if Localnet(existing).is_up():
+    if _make_backend(backend, existing).is_up():
         raise ConfigError(
             f"{' and '.join(mismatches)} do not match the running localnet in {home}; "
             "run `incidentlab lab down` first, or use another lab home (INCIDENTLAB_HOME)"

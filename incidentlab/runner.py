@@ -59,7 +59,7 @@ def run_notebook(notebook: str, parameters: dict[str, Any] | None = None, *, hom
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
-    from .backends.local import LocalBackend
+    from .lab import _docker_or_local, _make_backend
 
     path, scenario = resolve_notebook(notebook)
     home_path = Path(home).expanduser().resolve() if home else default_home()
@@ -73,7 +73,8 @@ def run_notebook(notebook: str, parameters: dict[str, Any] | None = None, *, hom
     output_path = Path(output_path)
     output_path.parent.mkdir(parents=True, exist_ok=True)
 
-    backend = LocalBackend(LabConfig(home=home_path, backend="local"))
+    backend_name = params["backend"] if params["backend"] != "auto" else _docker_or_local(home_path)
+    backend = _make_backend(backend_name, LabConfig(home=home_path, backend=backend_name))
     was_up = backend.is_up()
     os.environ["INCIDENTLAB_HOME"] = str(home_path)  # the kernel inherits it, so Lab.connect() finds this home
     error = None

@@ -22,7 +22,7 @@ TARGET = "virtengine-node-2"
 
 @pytest.fixture
 def lab(tmp_path):
-    lab = Lab.connect(home=tmp_path / "lab", time_scale=0.1)
+    lab = Lab.connect("local", home=tmp_path / "lab", time_scale=0.1)
     try:
         yield lab
     finally:
@@ -122,7 +122,7 @@ def test_bad_fault_values_are_named(lab):
 CHILD = textwrap.dedent("""
     import sys, time
     from incidentlab import Lab
-    lab = Lab.connect(home=sys.argv[1])
+    lab = Lab.connect("local", home=sys.argv[1])
     fault = lab.fault(sys.argv[2], sys.argv[3]).inject()
     print(fault.id, flush=True)
     time.sleep(60)
@@ -157,7 +157,7 @@ def test_connect_reverts_orphaned_fault(lab):
     child, fault_id = inject_in_child(lab, "pause")
     child.send_signal(signal.SIGKILL)
     child.wait(timeout=10)
-    Lab.connect(home=lab.config.home)
+    Lab.connect("local", home=lab.config.home)
     assert lab.inspect(TARGET)["Status"] == "running"
     entry = Journal(lab.config.home).read(fault_id)
     assert entry["state"] == "reverted"
@@ -182,7 +182,7 @@ def test_chaos_command_pause_unpause(lab):
     result = cli(lab, "chaos", "pause", TARGET)
     assert result.returncode == 0, result.stderr
     assert lab.inspect(TARGET)["Paused"]  # a detached fault stays after the command exits
-    Lab.connect(home=lab.config.home)
+    Lab.connect("local", home=lab.config.home)
     assert lab.inspect(TARGET)["Paused"]  # and connect() leaves it alone
     assert cli(lab, "chaos", "unpause", TARGET).returncode == 0
     assert lab.inspect(TARGET)["Status"] == "running"
@@ -211,3 +211,60 @@ def test_chaos_command_errors(lab):
     dry = cli(lab, "chaos", "--dry-run", "kill", TARGET)
     assert "would stop virtengine-node-2" in dry.stdout
     assert lab.inspect(TARGET)["Status"] == "running"
+
+
+def median_latency(url, count=7):
+    session = requests.Session()
+    samples = []
+    for _ in range(count):
+        started = time.perf_counter()
+        session.get(url + "/status", timeout=5)
+        samples.append(time.perf_counter() - started)
+    return sorted(samples)[count // 2]
+
+
+def proxies_running():
+    found = subprocess.run(["pgrep", "-f", "incidentlab.chaos.proxy"], capture_output=True, text=True).stdout
+    return [int(pid) for pid in found.split()]
+
+
+def test_latency_proxy_adds_delay_and_reverts(lab):
+    direct = median_latency(lab.endpoints()[TARGET])
+    with lab.fault("latency", TARGET, delay=0.05) as fault:
+        routed_url = lab.endpoints()[TARGET]
+        assert routed_url != lab.status()["services"][2]["direct_rpc"]
+        # Both directions are delayed, so a round trip gains about twice the delay.
+        assert median_latency(routed_url) - direct >= 0.09
+    assert median_latency(lab.endpoints()[TARGET]) < 0.05
+    assert "direct_rpc" not in lab.status()["services"][2]
+    assert "stopped proxy" in Journal(lab.config.home).read(fault.id)["note"]
+
+
+def test_latency_left_by_killed_process_is_cleaned(lab):
+    before = set(proxies_running())
+    child, fault_id = inject_in_child(lab, "latency")
+    child.send_signal(signal.SIGKILL)
+    child.wait(timeout=10)
+    assert set(proxies_running()) - before  # the proxies outlived their process
+    assert cli(lab, "cleanup").returncode == 0
+    assert not set(proxies_running()) - before
+    assert not (lab.config.localnet_dir / "routes.json").exists() or TARGET not in json.loads(
+        (lab.config.localnet_dir / "routes.json").read_text())
+    assert journal_states(lab)[fault_id] == "reverted"
+
+
+def test_netem_on_local_backend_says_use_proxy(lab):
+    from incidentlab.errors import FaultError
+
+    fault = lab.fault("latency", TARGET, delay=0.1, method="netem")
+    with pytest.raises(FaultError, match=r"netem latency is not possible.*method='proxy'"):
+        fault.inject()
+    assert lab.inspect(TARGET)["Status"] == "running"
+    assert journal_states(lab)[fault.id] == "reverted"
+
+
+def test_chaos_command_latency(lab):
+    assert cli(lab, "chaos", "latency", TARGET, "80ms").returncode == 0
+    assert median_latency(lab.endpoints()[TARGET]) >= 0.15
+    assert cli(lab, "chaos", "latency-remove", TARGET).returncode == 0
+    assert median_latency(lab.endpoints()[TARGET]) < 0.05

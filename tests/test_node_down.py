@@ -17,7 +17,7 @@ TIME_SCALE = 0.1
 
 @pytest.fixture
 def lab(tmp_path):
-    lab = Lab.connect(home=tmp_path / "lab", time_scale=TIME_SCALE)
+    lab = Lab.connect("local", home=tmp_path / "lab", time_scale=TIME_SCALE)
     try:
         yield lab
     finally:
@@ -131,9 +131,9 @@ def test_unknown_variant_and_target(lab):
 
 def test_connect_rejects_settings_of_running_localnet(lab):
     with pytest.raises(ConfigError, match="time_scale=0.5"):
-        Lab.connect(home=lab.config.home, time_scale=0.5)
+        Lab.connect("local", home=lab.config.home, time_scale=0.5)
     with pytest.raises(ConfigError, match="not available"):
-        Lab.connect("docker", home=lab.config.home)
+        Lab.connect("kubernetes", home=lab.config.home)
 
 
 def test_read_report_from_executed_notebook(tmp_path):

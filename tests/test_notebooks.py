@@ -23,7 +23,7 @@ CASES = {
 def test_notebook_passes_nbval(name, tmp_path):
     # papermill only injects the parameters here; nbval then executes every cell and fails on any error.
     prepared = tmp_path / name
-    parameters = {"mode": "batch", "time_scale": 0.1, "learner": "ci", **CASES[name]}
+    parameters = {"mode": "batch", "time_scale": 0.1, "learner": "ci", "backend": "local", **CASES[name]}
     papermill.execute_notebook(str(NOTEBOOKS / name), str(prepared), parameters=parameters, prepare_only=True)
     env = {**os.environ, "INCIDENTLAB_HOME": str(tmp_path / "lab")}
     try:

@@ -53,6 +53,14 @@ class LocalBackend:
         """
         return self.localnet.down(timeout)
 
+    def network(self):
+        """Return the localnet's network file (validators, ports, chain id), or None before up()."""
+        return self.localnet.network()
+
+    def services(self) -> list[dict]:
+        """Return one dict per validator, shaped for `incidentlab lab status --json`."""
+        return self.localnet.services()
+
     def is_up(self) -> bool:
         """Return True when at least one validator is running or paused."""
         return self.localnet.is_up()

@@ -2,5 +2,6 @@
 
 from .faults import FAULTS, CpuStress, Fault, Kill, Pause, PauseCycle, Restart, Stop, register
 from .journal import Journal
+from .latency import Latency
 
-__all__ = ["FAULTS", "Fault", "Pause", "PauseCycle", "Stop", "Kill", "Restart", "CpuStress", "Journal", "register"]
+__all__ = ["FAULTS", "Fault", "Pause", "PauseCycle", "Stop", "Kill", "Restart", "CpuStress", "Latency", "Journal", "register"]

@@ -270,9 +270,10 @@ class FaultProxy:
             state = fault, generation = self._state
             due = asyncio.get_running_loop().time()
             if self._applies(conn, "latency", state):
-                self._counts["chunks_delayed"] += 1
+                if data:
+                    self._counts["chunks_delayed"] += 1
                 due += conn.draw_delay_ms(fault, generation, direction) / 1000
-            # An empty chunk is the end of the stream, forwarded in order as a FIN.
+            # An empty chunk is the end of the stream, delayed like data and forwarded as a FIN.
             await queue.put((due, generation, data))
             if not data:
                 return

@@ -70,7 +70,63 @@ def _kill_process(step: dict, backend) -> str:
     return f"killed process {step['pid']}"
 
 
+def _remove_route(step: dict, backend) -> str:
+    """Send peers and probes straight to the target again, then verify the route is gone."""
+    from ..localnet.routes import read_routes, remove_routes
+
+    removed = remove_routes(step["directory"], step["target"])
+    if step["target"] in read_routes(step["directory"]):
+        return f"FAILED: the route to {step['target']} is still in {step['directory']}/routes.json"
+    return f"removed the route to {step['target']}" if removed else f"no route to {step['target']}"
+
+
+def _stop_proxy(step: dict, backend) -> str:
+    """Stop a fault proxy found through its state file; its own pid and command line are checked."""
+    from .._fileio import read_json
+
+    state_path = step["state"]
+    try:
+        state = read_json(state_path)
+    except ValueError:
+        state = None
+    if not state:
+        return f"proxy {os.path.basename(state_path)} not running"
+    pid = int(state["pid"])
+    if not _is_proxy(pid):
+        return f"proxy pid {pid} already gone"
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + VERIFY_TIMEOUT
+    while _is_proxy(pid) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    if _is_proxy(pid):
+        os.kill(pid, signal.SIGKILL)
+        time.sleep(0.1)
+    if _is_proxy(pid):
+        return f"FAILED: proxy pid {pid} still runs"
+    return f"stopped proxy pid {pid}"
+
+
+def _netem_delete(step: dict, backend) -> str:
+    from .netem import delete_netem
+
+    return delete_netem(backend, step["target"], step.get("dev", "eth0"))
+
+
+def _is_proxy(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            command = handle.read()
+        with open(f"/proc/{pid}/stat", encoding="utf-8") as handle:
+            zombie = handle.read().rpartition(")")[2].split()[0] == "Z"
+    except OSError:
+        return False
+    return b"incidentlab.chaos.proxy" in command and not zombie
+
+
 _STEPS = {
     "resume": _resume,
     "kill_process": _kill_process,
+    "remove_route": _remove_route,
+    "stop_proxy": _stop_proxy,
+    "netem_delete": _netem_delete,
 }

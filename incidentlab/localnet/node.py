@@ -22,6 +22,7 @@ from . import consensus as cs
 from .metrics import Gauge, Histogram, Registry
 from .network import Network, ValidatorSpec, sign
 from .peers import Peer
+from .routes import RouteCache
 from .store import BlockStore
 
 __all__ = ["ValidatorNode", "rfc3339", "block_id"]
@@ -67,7 +68,9 @@ class ValidatorNode:
         self.timeouts = network.timeouts.scaled(network.time_scale)
         self.store = BlockStore(Path(spec.home) / "data" / "blockstore.db")
         self.secrets = {v.address: v.secret for v in network.validators}
-        self.peers = {v.name: Peer(v, time_scale=network.time_scale) for v in network.validators if v.name != spec.name}
+        routes = RouteCache(Path(network.path).parent)
+        self.peers = {v.name: Peer(v, time_scale=network.time_scale, routes=routes)
+                      for v in network.validators if v.name != spec.name}
         self.events: queue.Queue = queue.Queue()
         self.stopping = threading.Event()
         self.catching_up = True

@@ -14,6 +14,7 @@ import threading
 import time
 
 from .network import ValidatorSpec
+from .routes import RouteCache
 
 __all__ = ["Peer"]
 
@@ -28,8 +29,10 @@ CONNECTED_WINDOW = 3.0
 class Peer:
     """One peer validator reached over HTTP on its p2p port."""
 
-    def __init__(self, spec: ValidatorSpec, *, time_scale: float):
+    def __init__(self, spec: ValidatorSpec, *, time_scale: float, routes: RouteCache | None = None):
         self.spec = spec
+        # A latency fault can route this peer through a proxy; the cache says which port to dial.
+        self.routes = routes
         # A frozen peer accepts connections and never answers: bound every exchange.
         self.timeout = min(1.0, max(0.2, 0.5 * time_scale))
         self.backoff = max(0.2, 1.0 * time_scale)
@@ -97,7 +100,7 @@ class Peer:
         self.down_until = 0.0
 
     def _get(self, path: str) -> dict | None:
-        connection = http.client.HTTPConnection("127.0.0.1", self.spec.ports["p2p"], timeout=self.timeout * 4)
+        connection = http.client.HTTPConnection("127.0.0.1", self._port(), timeout=self.timeout * 4)
         try:
             connection.request("GET", path)
             response = connection.getresponse()
@@ -112,9 +115,17 @@ class Peer:
         finally:
             connection.close()
 
+    def _port(self) -> int:
+        default = self.spec.ports["p2p"]
+        return self.routes.port(self.spec.name, "p2p", default) if self.routes else default
+
     def _connect(self) -> http.client.HTTPConnection:
+        port = self._port()
+        if self._connection is not None and self._connection.port != port:
+            self._connection.close()  # the route changed: dial the new port
+            self._connection = None
         if self._connection is None:
-            self._connection = http.client.HTTPConnection("127.0.0.1", self.spec.ports["p2p"], timeout=self.timeout)
+            self._connection = http.client.HTTPConnection("127.0.0.1", port, timeout=self.timeout)
         return self._connection
 
     def _on_failure(self, exc: Exception) -> None:

@@ -145,7 +145,7 @@ class NodeDown(Simulation):
 
     def _positions(self, names: list[str]) -> list[int]:
         """Return the positions of the named validators in the validator set (the commit's order)."""
-        network = self.lab.backend.localnet.network()
+        network = self.lab.backend.network()
         return [network.validator(name).index for name in names]
 
 
