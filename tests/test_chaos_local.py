@@ -268,3 +268,25 @@ def test_chaos_command_latency(lab):
     assert median_latency(lab.endpoints()[TARGET]) >= 0.15
     assert cli(lab, "chaos", "latency-remove", TARGET).returncode == 0
     assert median_latency(lab.endpoints()[TARGET]) < 0.05
+
+
+def test_fault_lands_in_simulation_timeline(lab):
+    sim = lab.simulation("node-down", seed=2)
+    sim.inject()
+    try:
+        with lab.fault("pause", "virtengine-node-0") as fault:
+            pass
+        events = [e for e in sim.incident.timeline if e.data.get("fault_id") == fault.id]
+        assert [e.kind for e in events] == ["fault_injected", "fault_reverted"]
+        assert events[0].source == "chaos"
+        assert events[0].time <= events[1].time
+    finally:
+        sim.close()
+
+
+def test_expired_latency_proxy_stops_routing(lab):
+    fault = lab.fault("latency", TARGET, delay=0.05, duration=10).inject()  # 1 s at time_scale 0.1
+    assert "direct_rpc" in lab.status()["services"][2]
+    assert wait_for(lambda: "direct_rpc" not in lab.status()["services"][2], timeout=10)
+    assert median_latency(lab.endpoints()[TARGET]) < 0.05
+    assert fault.revert()

@@ -34,7 +34,7 @@ class _EchoHandler(socketserver.BaseRequestHandler):
 
 @pytest.fixture
 def echo_server():
-    """An echo server on 127.0.0.1; yields its (host, port)."""
+    """An echo server on 127.0.0.1, as its (host, port)."""
     server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), _EchoHandler)
     server.daemon_threads = True
     thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
@@ -72,7 +72,7 @@ def make_proxy(echo_server):
 
 @pytest.fixture
 def processes():
-    """Popen objects of proxy processes; any still running at teardown is killed."""
+    """Popen objects of proxy processes. Any still running at teardown is killed."""
     started: list[subprocess.Popen] = []
     yield started
     for proc in started:
@@ -115,7 +115,7 @@ def outcome(proxy: FaultProxy) -> str:
 
 
 def wait_for(condition, timeout: float = 5.0, interval: float = 0.02):
-    """Poll ``condition`` until it returns a truthy value, and return that value; fail at the deadline."""
+    """Poll ``condition`` until it returns a truthy value, and return that value. Fail at the deadline."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = condition()
@@ -229,7 +229,7 @@ def test_timeout_holds_until_cleared(make_proxy):
         frozen.clear()
         with connect(frozen) as sock:
             round_trip(sock)
-        # The held connection resumes like a process after SIGCONT: the request is answered.
+        # The frozen connection resumes like a process after SIGCONT, so its echo arrives.
         held.settimeout(READ_TIMEOUT)
         assert held.recv(65536) == PAYLOAD
     assert frozen.stats()["connections_held"] == 1

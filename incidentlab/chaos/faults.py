@@ -294,9 +294,9 @@ class Restart(Fault):
 class CpuStress(Fault):
     """Burn CPU beside the target for ``duration`` seconds with ``workers`` busy processes.
 
-    The workers end by themselves at the deadline, even if nothing reverts the fault.
-    NOTE: on the local backend the workers compete with the target for the machine's cores;
-    they are not placed in the target's cgroup.
+    The workers end by themselves at the deadline, even if nothing reverts the fault. On Docker
+    they run inside the target's container. NOTE: on the local backend the workers compete with
+    the target for the machine's cores; they are not placed in the target's cgroup.
     """
 
     def __init__(self, lab: "Lab", target: str, *, duration: float = 60, workers: int | None = None,
@@ -320,11 +320,20 @@ class CpuStress(Fault):
                 "on revert: kill them"]
 
     def undo_steps(self) -> list[dict]:
+        if self.lab.backend.name == "docker":
+            return [{"op": "docker_kill_marked", "target": self.target, "marker": self.id}]
         return [{"op": "kill_process", **identity} for identity in self._pids]
 
     def apply(self) -> None:
         deadline = time.time() + self.duration()
-        code = f"import time\nwhile time.time() < {deadline!r}:\n    pass\n"
+        # The fault id in the code lets the undo find these processes (inside a container too).
+        code = f"import time  # {self.id}\nwhile time.time() < {deadline!r}:\n    pass\n"
+        if self.lab.backend.name == "docker":
+            # Inside the target's container, so the burners share its cgroup, as `docker exec stress` does.
+            container = self.lab.backend.container(self.target)
+            for _ in range(self.workers):
+                container.exec_run(["python3", "-c", code], detach=True)
+            return
         for _ in range(self.workers):
             process = subprocess.Popen([sys.executable, "-c", code], start_new_session=True,
                                        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)

@@ -89,7 +89,8 @@ class Latency(Fault):
             return
         spec = self.lab.backend.network().validator(self.target)
         ports = {kind: self._start_proxy(kind, spec.ports[kind]) for kind in PROXIED_PORTS}
-        set_routes(self.lab.config.localnet_dir, self.target, ports)
+        set_routes(self.lab.config.localnet_dir, self.target, ports,
+                   proxies=[str(self._state_path(kind)) for kind in PROXIED_PORTS])
         logger.info("latency fault=%s: %s routed through proxies %s", self.id, self.target, ports)
 
     # -- helpers ---------------------------------------------------------------------------

@@ -29,11 +29,11 @@ __all__ = ["KINDS", "MAX_DELAY_MS", "ProxyFault", "FaultProxy", "main"]
 
 logger = logging.getLogger(__name__)
 
-#: Fault kinds: latency delays every chunk, timeout holds connections, reset sends a TCP RST.
+#: Fault kinds: latency delays every chunk, timeout freezes connections, reset sends a TCP RST.
 KINDS = ("latency", "timeout", "reset")
 #: Maximum delay of one chunk, in milliseconds.
 MAX_DELAY_MS = 60_000
-#: Bytes read from a socket at a time; one read is one chunk for the latency fault.
+#: Bytes read from a socket at a time. Each read is one chunk, delayed as a unit by the latency fault.
 CHUNK_SIZE = 65_536
 #: Chunks queued per direction before the proxy stops reading (backpressure under latency).
 QUEUE_CHUNKS = 64
@@ -64,7 +64,7 @@ class ProxyFault:
         _check_range("probability", self.probability, 0, 1, "")
         if self.kind != "latency" and (self.delay_ms or self.jitter_ms):
             raise ConfigError(f"delay_ms={self.delay_ms!r} and jitter_ms={self.jitter_ms!r} apply only to "
-                              f"kind 'latency', not {self.kind!r}; leave them at 0")
+                              f"kind 'latency', not {self.kind!r}. Leave them at 0")
         if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
             raise ConfigError(f"invalid seed {self.seed!r}: expected an integer or None")
 
@@ -91,7 +91,7 @@ class FaultProxy:
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
-        self._server: asyncio.base_events.Server | None = None
+        self._server: asyncio.Server | None = None
         self._changed = asyncio.Event()  # binds to the proxy's loop at its first wait
         self._connections: dict[int, _Connection] = {}
         self._next_index = 0
@@ -122,13 +122,13 @@ class FaultProxy:
         return self._state[0]
 
     def start(self) -> int:
-        """Bind the listener and serve on a daemon thread; return the bound port.
+        """Bind the listener, serve on a daemon thread and return the bound port.
 
         Raises FaultError when the proxy was already started or the address cannot be bound.
         """
         with self._lock:
             if self._thread is not None:
-                raise FaultError(f"{self!r} was already started; create a new FaultProxy to start again")
+                raise FaultError(f"{self!r} was already started. Create a new FaultProxy to start again")
             self._loop = asyncio.new_event_loop()
             self._thread = threading.Thread(target=self._loop.run_forever, daemon=True,
                                             name=f"fault-proxy-{_format(self.listen)}")
@@ -138,14 +138,14 @@ class FaultProxy:
         except OSError as exc:
             self._stopped = True
             self._close_loop()
-            raise FaultError(f"fault proxy cannot listen on {_format(self.listen)}: {exc}; "
-                             "choose a free port, or port 0 for any free port") from exc
+            raise FaultError(f"fault proxy cannot listen on {_format(self.listen)}: {exc}. "
+                             "Choose a free port, or port 0 for any free port") from exc
         logger.info("fault proxy listening on %s, upstream %s, fault %s",
                     _format((self.listen[0], self._port)), _format(self.upstream), self.fault)
         return self._port
 
     def stop(self) -> None:
-        """Close the listener and every open connection; safe to call again or before start()."""
+        """Close the listener and every open connection. Safe to call again, or before start()."""
         with self._lock:
             if self._thread is None or self._stopped:
                 self._stopped = True
@@ -160,9 +160,10 @@ class FaultProxy:
     def set_fault(self, fault: ProxyFault | None) -> None:
         """Replace the fault, for new connections and for data not yet forwarded on open ones.
 
-        The selection by probability is made again for every open connection. Clearing a
-        latency fault sends queued chunks at once; clearing a timeout fault releases the held
-        connections. A reset fault only applies to new connections.
+        The selection by probability is made again for every open connection. A timeout fault
+        freezes open connections too, but a reset fault only applies to new ones. Clearing a
+        latency fault sends queued chunks at once, and clearing a timeout fault releases the
+        frozen connections, which then connect to the upstream if they had not yet.
         """
         _check_fault(fault)
         with self._lock:
@@ -237,7 +238,7 @@ class FaultProxy:
             level = logging.DEBUG if self._upstream_down else logging.WARNING
             self._upstream_down = True
             logger.log(level, "fault proxy on port %s: upstream %s failed for connection %d (%r, %d errors so "
-                       "far); closing the client connection", self._port, _format(self.upstream), conn.index,
+                       "far), so the client connection is closed", self._port, _format(self.upstream), conn.index,
                        exc, self._counts["upstream_errors"])
             return False
         self._upstream_down = False
@@ -286,7 +287,7 @@ class FaultProxy:
                 if writer.can_write_eof():
                     writer.write_eof()
                 return
-            # Counted before the write, so that a peer that has the data also sees it in stats().
+            # Counted before the write, so that stats() already includes any data that a peer has received.
             self._counts[f"bytes_to_{direction}"] += len(data)
             writer.write(data)
             await writer.drain()
@@ -307,7 +308,7 @@ class FaultProxy:
                 return
 
     async def _wait_while_held(self, conn: _Connection) -> bool:
-        """Wait while a timeout fault holds ``conn``; return True if it waited."""
+        """Wait while a timeout fault freezes ``conn``, and return True if it waited."""
         waited = False
         while self._applies(conn, "timeout"):
             generation = self._state[1]
@@ -333,7 +334,7 @@ class FaultProxy:
             self._loop.close()
 
 
-#: Counters of FaultProxy.stats(); bytes_to_upstream counts client data, bytes_to_client upstream data.
+#: Counters of FaultProxy.stats(). bytes_to_upstream counts client data, bytes_to_client upstream data.
 _COUNTERS = ("connections_total", "bytes_to_upstream", "bytes_to_client", "upstream_errors",
              "chunks_delayed", "connections_held", "connections_reset")
 
@@ -357,7 +358,8 @@ class _Connection:
             if fault.seed is None:
                 draw = entropy.random()
             else:
-                # A string seed is hashed with SHA-512, so the draw is the same in every process.
+                # random.Random turns a str seed into an int through SHA-512, not hash(), so the draw
+                # is the same in every process.
                 draw = random.Random(f"{fault.seed}:select:{self.index}").random()
             self._selection = (generation, draw < fault.probability)
         return self._selection[1]
@@ -387,13 +389,12 @@ class _Connection:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run one proxy as its own process until --expires-at, SIGTERM or SIGINT; return the exit status."""
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    """Run one proxy as its own process until --expires-at, SIGTERM or SIGINT, and return the exit status."""
     args = _parse_args(argv)
-    logging.getLogger().setLevel(args.log_level)
+    logging.basicConfig(level=args.log_level, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.expires_at is not None and args.expires_at <= time.time():
-        logger.error("--expires-at %s is in the past; pass a future UNIX time", args.expires_at)
+        logger.error("--expires-at %s is in the past. Pass a future UNIX time", args.expires_at)
         return 2
     try:
         fault = ProxyFault(args.kind, args.delay_ms, args.jitter_ms, args.probability, args.seed)
@@ -464,6 +465,8 @@ def _parse_address(text: str) -> tuple[str, int]:
 
 
 def _check_address(role: str, address, allow_non_loopback: bool) -> tuple[str, int]:
+    if isinstance(address, list):
+        address = tuple(address)  # as read back from JSON
     if not (isinstance(address, tuple) and len(address) == 2 and isinstance(address[1], int)
             and 0 <= address[1] <= 65535 and isinstance(address[0], str)):
         raise ConfigError(f"invalid {role} address {address!r}: expected a (host, port) tuple, port 0 to 65535")
@@ -476,7 +479,7 @@ def _check_address(role: str, address, allow_non_loopback: bool) -> tuple[str, i
         loopback = False  # a host name other than localhost: resolving it could query DNS
     if not loopback:
         raise ConfigError(f"{role} address {host!r} is not loopback: use 127.0.0.1, ::1 or localhost, "
-                          "or pass allow_non_loopback=True to use another address on purpose")
+                          "or pass allow_non_loopback=True (--allow-non-loopback) to use another address on purpose")
     return address
 
 
@@ -496,4 +499,7 @@ def _format(address: tuple[str, int | None]) -> str:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run the imported module, so that log records carry its name instead of __main__.
+    from incidentlab.chaos.proxy import main as _main
+
+    sys.exit(_main())

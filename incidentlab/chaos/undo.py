@@ -75,7 +75,7 @@ def _remove_route(step: dict, backend) -> str:
     from ..localnet.routes import read_routes, remove_routes
 
     removed = remove_routes(step["directory"], step["target"])
-    if step["target"] in read_routes(step["directory"]):
+    if step["target"] in read_routes(step["directory"], live_only=False):
         return f"FAILED: the route to {step['target']} is still in {step['directory']}/routes.json"
     return f"removed the route to {step['target']}" if removed else f"no route to {step['target']}"
 
@@ -106,6 +106,34 @@ def _stop_proxy(step: dict, backend) -> str:
     return f"stopped proxy pid {pid}"
 
 
+# Run inside the container: SIGKILL every process whose command line contains the marker.
+_KILL_MARKED = """
+import os, signal, sys
+marker, killed = sys.argv[1].encode(), 0
+for pid in filter(str.isdigit, os.listdir('/proc')):
+    try:
+        with open(f'/proc/{pid}/cmdline', 'rb') as handle:
+            if marker in handle.read() and int(pid) != os.getpid():
+                os.kill(int(pid), signal.SIGKILL)
+                killed += 1
+    except OSError:
+        pass
+print(killed)
+"""
+
+
+def _docker_kill_marked(step: dict, backend) -> str:
+    """Kill the fault's helper processes inside the target's container (found by the fault id)."""
+    container = backend.container(step["target"])
+    container.reload()
+    if container.status != "running":
+        return f"{step['target']} is {container.status}: its processes are gone"
+    result = container.exec_run(["python3", "-c", _KILL_MARKED, step["marker"]])
+    if result.exit_code != 0:
+        return f"FAILED: cleaning processes in {step['target']} exited {result.exit_code}"
+    return f"killed {result.output.decode().strip()} process(es) in {step['target']}"
+
+
 def _netem_delete(step: dict, backend) -> str:
     from .netem import delete_netem
 
@@ -129,4 +157,5 @@ _STEPS = {
     "remove_route": _remove_route,
     "stop_proxy": _stop_proxy,
     "netem_delete": _netem_delete,
+    "docker_kill_marked": _docker_kill_marked,
 }
