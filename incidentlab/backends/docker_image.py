@@ -47,7 +47,7 @@ DEFAULT_CACHE_DIR = Path("~/.cache/incidentlab/rootfs")
 APT_SOURCES = (Path("/etc/apt/sources.list"), Path("/etc/apt/sources.list.d"))
 #: Paths left out of the image: Docker mounts its own /dev, /proc and /sys, and apt's caches only add size.
 TAR_EXCLUDES = ("./dev/*", "./proc/*", "./sys/*", "./var/cache/apt/archives/*.deb", "./var/lib/apt/lists/*")
-#: Seconds the SDK waits for the daemon during an import of the rootfs (about 150 MB).
+#: Seconds the SDK waits for the daemon during an import of the rootfs (the bookworm rootfs with python3 makes an image of about 160 MB).
 IMPORT_TIMEOUT = 600
 ENGINE_TIMEOUT = 60
 LOG_LINES_IN_ERRORS = 20
@@ -61,7 +61,7 @@ def engine_client(timeout: float = ENGINE_TIMEOUT):
     """Connect to the Docker daemon like ``docker info``, with the Docker SDK's ``docker.from_env()``.
 
     Takes the API timeout in seconds. Returns a ``docker.DockerClient``. Raises ConfigError when
-    the SDK is not installed or no daemon answers, saying how to install and start one.
+    the SDK is not installed or the daemon cannot be reached, saying how to install and start one.
     """
     try:
         import docker
@@ -73,7 +73,7 @@ def engine_client(timeout: float = ENGINE_TIMEOUT):
     except docker.errors.DockerException as exc:
         host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
         raise ConfigError(
-            f"no Docker engine answers at {host} ({exc}); install one with `apt-get install docker.io` "
+            f"cannot connect to the Docker engine at {host} ({exc}); install one with `apt-get install docker.io` "
             "and start it with `systemctl start docker` or `dockerd &`, or run .ci/docker-setup.sh as root"
         ) from exc
     return client
@@ -82,7 +82,7 @@ def engine_client(timeout: float = ENGINE_TIMEOUT):
 def image_exists(client=None, image: str = IMAGE) -> bool:
     """Return True when the daemon has ``image``, like ``docker image inspect`` exiting 0.
 
-    Raises ConfigError when no Docker engine answers.
+    Raises ConfigError when the Docker engine cannot be reached.
     """
     import docker
 
