@@ -32,6 +32,8 @@ CLASSIC_PORTS = {"p2p": 26656, "rpc": 26657, "metrics": 26660}
 #: Voting power of each localnet validator (equal power, as in the design).
 DEFAULT_POWER = 10
 NETWORK_FILE = "network.json"
+#: Lowest port the localnet picks when the classic ports are not used.
+PORT_FLOOR = 20000
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -210,14 +212,25 @@ def _pick_port(wanted: int | None, taken: set[int]) -> int:
     if wanted and wanted not in taken and _port_is_free(wanted):
         taken.add(wanted)
         return wanted
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-        if port not in taken:
+    # Ports come from below the kernel's ephemeral range: a port inside it can be held by some
+    # client's outgoing connection (or its TIME_WAIT) while a stopped validator waits to restart.
+    low, high = _ephemeral_range()
+    candidates = random.Random().sample(range(PORT_FLOOR, max(PORT_FLOOR + 1000, low)), 200)
+    for port in candidates:
+        if port not in taken and not low <= port <= high and _port_is_free(port):
             taken.add(port)
             return port
-    raise OSError("could not find a free TCP port on 127.0.0.1 after 50 attempts")
+    raise OSError(f"could not find a free TCP port on 127.0.0.1 between {PORT_FLOOR} and {low} after 200 attempts")
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    """Return the kernel's range of ports for outgoing connections (Linux default 32768-60999)."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range", encoding="utf-8") as handle:
+            low, high = (int(part) for part in handle.read().split())
+    except (OSError, ValueError):
+        low, high = 32768, 60999
+    return low, high
 
 
 def _port_is_free(port: int) -> bool:
