@@ -66,6 +66,9 @@ def run_notebook(notebook: str, parameters: dict[str, Any] | None = None, *, hom
     params = {**RUN_DEFAULTS, **{k: _convert(v) for k, v in (parameters or {}).items()}}
     if scenario and not params.get("answers_path") and params["mode"] == "batch":
         params["answers_path"] = str(_example_answers(scenario, params["seed"]))
+    if params.get("answers_path"):
+        # The kernel runs in the notebook's folder, so a path relative to the caller must be made absolute.
+        params["answers_path"] = str(Path(params["answers_path"]).expanduser().resolve())
     started = _dt.datetime.now(_dt.timezone.utc)
     if output_path is None:
         safe_learner = re.sub(r"[^A-Za-z0-9_.-]", "_", str(params["learner"]))[:64]

@@ -35,6 +35,8 @@ BLOCKSYNC_SWITCH_INTERVAL = 1.0
 #: Shortest block-sync check interval after time scaling, so that `catching_up: true` lasts long
 #: enough for a probe to see it even at a small time scale.
 MIN_BLOCKSYNC_SWITCH_INTERVAL = 0.5
+#: Messages of the next height kept until this node reaches it (the oldest are dropped first).
+MAX_FUTURE_MESSAGES = 64
 APP_NAME = "virtengine"
 APP_VERSION = "v0.9.0-localnet"
 COMETBFT_VERSION = "0.38.12"
@@ -78,6 +80,8 @@ class ValidatorNode:
         self._timers: list = []
         self._timer_seq = itertools.count()
         self._last_block_time: float | None = None
+        self._future: list[dict] = []
+        self._replayed_height = 0
         self._build_metrics()
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -119,7 +123,8 @@ class ValidatorNode:
         interval = max(BLOCKSYNC_SWITCH_INTERVAL * self.network.time_scale, MIN_BLOCKSYNC_SWITCH_INTERVAL)
         self.m_syncing.set(1)
         logger.info("starting block sync node=%s height=%d", self.spec.name, self.store.height())
-        deadline = time.monotonic() + max(2.0, 4 * interval)
+        started = time.monotonic()
+        deadline = started + max(2.0, 4 * interval)
         while not self.stopping.is_set():
             statuses = {name: peer.fetch_status() for name, peer in self.peers.items()}
             answered = {name: s for name, s in statuses.items() if s is not None}
@@ -130,7 +135,9 @@ class ValidatorNode:
             own = self.store.height()
             # CometBFT switches to consensus once it is within one block of the best peer.
             caught_up = own >= best - 1
-            if caught_up and (answered or time.monotonic() > deadline or not self.peers):
+            # Like CometBFT's block sync, decide on a ticker: never before one full interval.
+            ticked = time.monotonic() - started >= interval
+            if caught_up and ticked and (answered or time.monotonic() > deadline or not self.peers):
                 break
             self.stopping.wait(interval)
         self.catching_up = False
@@ -188,6 +195,9 @@ class ValidatorNode:
             if kind == "message":
                 self._on_message(payload)
             self._fire_due_timers()
+            if self._future and self.consensus.height != self._replayed_height:
+                self._replayed_height = self.consensus.height
+                self._replay_future()
 
     def _fire_due_timers(self) -> None:
         now = time.monotonic()
@@ -205,12 +215,30 @@ class ValidatorNode:
         sender = message.get("from", "")
         if kind == "status":
             height = message.get("latest_height", 0) + 1
+        elif height == self.consensus.height + 1:
+            # A peer already at the next height (it may have skipped timeout_commit after a
+            # catch-up): keep its proposal and votes for when this node gets there.
+            self._future.append(message)
+            del self._future[:-MAX_FUTURE_MESSAGES]
+            return
         if height > self.consensus.height and sender in self.peers:
             self._catch_up(self.peers[sender], height - 1)
+        self._deliver(message)
+
+    def _deliver(self, message: dict) -> None:
+        kind = message.get("type")
         if kind == "proposal":
             self._apply(self.consensus.on_proposal(message))
         elif kind in ("prevote", "precommit") and self._vote_is_valid(message):
             self._apply(self.consensus.on_vote(message))
+
+    def _replay_future(self) -> None:
+        """Deliver the buffered messages of the height this node has just reached."""
+        height = self.consensus.height
+        ready = [m for m in self._future if m.get("height") == height]
+        self._future = [m for m in self._future if m.get("height", 0) > height]
+        for message in ready:
+            self._deliver(message)
 
     def _catch_up(self, peer: Peer, target_height: int) -> None:
         """Fetch committed blocks this node missed while in consensus (no catching_up flag).
@@ -330,6 +358,7 @@ class ValidatorNode:
         self.m_missed = gauge("consensus_validator_missed_blocks", "Total missed blocks for this validator.")
         self.m_syncing = gauge("blocksync_syncing", "Whether or not a node is block syncing. 1 if yes, 0 if no.")
         self.m_peers = gauge("p2p_peers", "Number of peers.")
+        self.m_syncing.set(1)  # every node starts in block sync, as catching_up says
         self.m_validators.set(len(self.network.validators))
         self.m_validators_power.set(self.network.total_power)
         self._missed_blocks = 0
