@@ -419,3 +419,38 @@ def test_real_validators_under_supervisor(tmp_path):
     finally:
         localnet.down(timeout=0)
         kill_recorded_processes(localnet.run_dir)
+
+
+def test_fresh_localnet_picks_new_ports_when_one_is_taken(tmp_path):
+    """A port taken by another program between the pick and the bind leads to new ports, not an error."""
+    import socket as _socket
+
+    from incidentlab.backends.local import LocalBackend
+    from incidentlab.localnet import network as network_module
+
+    config = LabConfig(home=tmp_path / "lab", validators=2, time_scale=0.1, classic_ports=False)
+    blocker = _socket.socket()
+    blocker.bind(("127.0.0.1", 0))
+    blocker.listen()
+    taken = blocker.getsockname()[1]
+    original = network_module._pick_port
+    calls = []
+
+    def pick_taken_first(wanted, used):
+        calls.append(wanted)
+        if len(calls) == 1:
+            used.add(taken)
+            return taken
+        return original(wanted, used)
+
+    network_module._pick_port = pick_taken_first
+    backend = LocalBackend(config)
+    try:
+        backend.up()
+        ports = [port for spec in backend.network().validators for port in spec.ports.values()]
+        assert taken not in ports
+        assert all(s["status"] == "running" for s in backend.services())
+    finally:
+        network_module._pick_port = original
+        backend.down()
+        blocker.close()

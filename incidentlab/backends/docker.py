@@ -22,7 +22,7 @@ from ..config import LabConfig
 from ..errors import ConfigError, LocalnetError, TargetNotFound, TargetStateError
 from ..localnet.network import Network, ValidatorSpec, create_network, load_network
 # The same port and /health checks as the local backend's, so both backends agree on them.
-from ..localnet.supervisor import ACTIVE_STATUSES, _busy_port, _health_ok, wait_until
+from ..localnet.supervisor import FRESH_PORT_ATTEMPTS, ACTIVE_STATUSES, _busy_port, _health_ok, port_conflict, wait_until
 from .docker_image import IMAGE, engine_client, image_exists
 from .local import TARGET_COLUMNS, TARGET_PREFIX, _parse_signal, _tail_count
 
@@ -90,11 +90,27 @@ class DockerBackend:
                 f"the Docker image {IMAGE} is missing; build it with "
                 "`python -m incidentlab.backends.docker_image build` (as root, offline)"
             )
-        network = self._ensure_network()
-        if self.is_up():
-            logger.info("docker localnet of %s is already up", self.config.home)
-            return self.services()
+        fresh = self.network() is None
+        for attempt in range(1, FRESH_PORT_ATTEMPTS + 1):
+            network = self._ensure_network()
+            if self.is_up():
+                logger.info("docker localnet of %s is already up", self.config.home)
+                return self.services()
+            try:
+                self._run_all(network)
+            except LocalnetError as exc:
+                # Another lab may take a port between our pick and our bind; a network created
+                # by this very call can simply pick new ports.
+                if not (fresh and attempt < FRESH_PORT_ATTEMPTS and port_conflict(exc)):
+                    raise
+                logger.warning("new docker localnet hit a busy port (%s); picking new ports, attempt %d", exc, attempt + 1)
+                self.network_path.unlink()
+                continue
+            logger.info("docker localnet up: %d validators, chain_id=%s", len(network.validators), network.chain_id)
+            break
+        return self.services()
 
+    def _run_all(self, network: Network) -> None:
         created = []
         try:
             for spec in network.validators:
@@ -104,8 +120,6 @@ class DockerBackend:
             for container in created:
                 container.remove(force=True)
             raise
-        logger.info("docker localnet up: %d validators, chain_id=%s", len(created), network.chain_id)
-        return self.services()
 
     def down(self, timeout: float | None = None) -> list[dict]:
         """Stop and remove the containers labelled with this lab home, like `docker stop` then `docker rm`.

@@ -26,7 +26,8 @@ from ..errors import LocalnetError, TargetNotFound, TargetStateError
 from .network import Network, ValidatorSpec, create_network, load_network
 from .shim import ZERO_TIME, format_timestamp
 
-__all__ = ["Localnet", "validator_command", "process_state", "tail_lines", "wait_until", "ACTIVE_STATUSES"]
+__all__ = [
+    "port_conflict","Localnet", "validator_command", "process_state", "tail_lines", "wait_until", "ACTIVE_STATUSES"]
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +44,8 @@ HEALTH_TIMEOUT_SCALED = 20.0
 MAX_HEALTH_TIMEOUT = 30.0
 HEALTH_REQUEST_TIMEOUT = 0.5
 PORT_RELEASE_TIMEOUT = 1.0
+#: Tries to start a localnet created by the same call, each with newly picked ports.
+FRESH_PORT_ATTEMPTS = 3
 #: Grace period of `docker stop` in seconds, before time scaling.
 DEFAULT_STOP_TIMEOUT = 10.0
 #: Minimum default grace period of down() in seconds: a validator's shutdown takes about a
@@ -102,24 +105,38 @@ class Localnet:
         the validator's name, its port and its last log lines.
         """
         with self._locked("up"):
-            network = self._ensure_network()
-            if any(self.state(spec.name)["status"] in ACTIVE_STATUSES for spec in network.validators):
-                logger.info("localnet in %s is already up", self.config.localnet_dir)
-                return self.services()
-
-            started: list[str] = []
-            try:
-                for spec in network.validators:
-                    _check_ports_free(spec, self.network_path)
-                for spec in network.validators:
-                    started.append(spec.name)
-                    self._spawn(spec, self.command_factory(spec))
-                self._wait_healthy(network.validators)
-            except BaseException:
-                self._stop_many(started, grace=0)
-                raise
-            logger.info("localnet up: %d validators, chain_id=%s", len(started), network.chain_id)
+            fresh = self.network() is None
+            for attempt in range(1, FRESH_PORT_ATTEMPTS + 1):
+                network = self._ensure_network()
+                if any(self.state(spec.name)["status"] in ACTIVE_STATUSES for spec in network.validators):
+                    logger.info("localnet in %s is already up", self.config.localnet_dir)
+                    return self.services()
+                try:
+                    self._start_all(network, check_timeout=0 if fresh else PORT_RELEASE_TIMEOUT)
+                except LocalnetError as exc:
+                    # Another lab may take a port between our pick and our bind; a network
+                    # created by this very call can simply pick new ports.
+                    if not (fresh and attempt < FRESH_PORT_ATTEMPTS and port_conflict(exc)):
+                        raise
+                    logger.warning("new localnet hit a busy port (%s); picking new ports, attempt %d", exc, attempt + 1)
+                    self.network_path.unlink()
+                    continue
+                logger.info("localnet up: %d validators, chain_id=%s", len(network.validators), network.chain_id)
+                break
         return self.services()
+
+    def _start_all(self, network: Network, check_timeout: float) -> None:
+        started: list[str] = []
+        try:
+            for spec in network.validators:
+                _check_ports_free(spec, self.network_path, check_timeout)
+            for spec in network.validators:
+                started.append(spec.name)
+                self._spawn(spec, self.command_factory(spec))
+            self._wait_healthy(network.validators)
+        except BaseException:
+            self._stop_many(started, grace=0)
+            raise
 
     def down(self, timeout: float | None = None) -> list[dict]:
         """Stop every validator: SIGTERM, then SIGKILL after the grace period. Idempotent.
@@ -473,10 +490,16 @@ def _created_state(spec: ValidatorSpec, log_path: Path) -> dict:
     }
 
 
-def _check_ports_free(spec: ValidatorSpec, network_path: Path) -> None:
+def port_conflict(error: Exception) -> bool:
+    """Return True when ``error`` says a localnet port was already taken."""
+    text = str(error)
+    return "is in use" in text or "Address already in use" in text
+
+
+def _check_ports_free(spec: ValidatorSpec, network_path: Path, timeout: float | None = None) -> None:
     # A validator that was just killed may hold its sockets for a moment after /proc stops
     # showing its command line, so a busy port gets a short time to be released.
-    if wait_until(lambda: _busy_port(spec) is None, PORT_RELEASE_TIMEOUT):
+    if wait_until(lambda: _busy_port(spec) is None, PORT_RELEASE_TIMEOUT if timeout is None else timeout):
         return
     kind, port, reason = _busy_port(spec) or ("", 0, "")
     raise LocalnetError(
