@@ -48,8 +48,10 @@ def lab(tmp_path_factory):
     try:
         yield lab
     finally:
-        lab.halt()
-        lab.down()
+        try:
+            lab.halt()
+        finally:
+            lab.down()  # even when an undo failed, no process or container outlives the test
 
 
 def state(lab, name=TARGET):

@@ -26,8 +26,10 @@ def lab(tmp_path):
     try:
         yield lab
     finally:
-        lab.halt()
-        lab.down()
+        try:
+            lab.halt()
+        finally:
+            lab.down()  # even when an undo failed, no process or container outlives the test
 
 
 def rpc(lab, name=TARGET):
