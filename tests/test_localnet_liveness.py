@@ -5,6 +5,8 @@ Each test breaks its own localnet in its own tmp lab home and stops every proces
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import threading
 import time
@@ -284,3 +286,33 @@ def test_restarted_validator_catches_up(localnet, http):
     status_after = http.get(f"{victim.rpc_url}/status", timeout=2).json()["result"]
     assert status_after["node_info"]["listen_addr"] == status_before["node_info"]["listen_addr"]
     assert status_after["node_info"]["other"]["rpc_address"] == status_before["node_info"]["other"]["rpc_address"]
+
+
+def test_validators_exit_when_lab_home_removed(tmp_path):
+    """A deleted lab home (a wiped temporary folder) leaves no validator running as an orphan."""
+    import shutil
+
+    from incidentlab import Lab
+
+    lab = Lab.connect("local", home=tmp_path / "lab", time_scale=0.1)
+    pids = [service["pid"] for service in lab.status()["services"]]
+    try:
+        shutil.rmtree(tmp_path / "lab")
+
+        def running(pid):
+            try:
+                with open(f"/proc/{pid}/stat", encoding="utf-8") as handle:
+                    return handle.read().rpartition(")")[2].split()[0] != "Z"
+            except OSError:
+                return False
+
+        deadline = time.monotonic() + 10
+        while any(running(pid) for pid in pids) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not [pid for pid in pids if running(pid)]
+    finally:
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass

@@ -13,7 +13,9 @@ import heapq
 import itertools
 import json
 import logging
+import os
 import queue
+import signal
 import threading
 import time
 from pathlib import Path
@@ -399,7 +401,14 @@ class ValidatorNode:
     def _heartbeat_loop(self) -> None:
         """Tell peers our height a few times per block so that laggards notice and catch up."""
         interval = max(0.05, self.timeouts.commit / 2)
+        network_file = Path(self.network.path)
         while not self.stopping.wait(interval):
+            if self.network.path and not network_file.exists():
+                # The lab home was deleted (a wiped temporary folder): nothing can manage this
+                # process any more, so it must not run on as an orphan.
+                logger.error("network file %s is gone; shutting down node=%s", network_file, self.spec.name)
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
             height, round_ = self.height_and_round()
             status = {"type": "status", "from": self.spec.name, "height": height, "round": round_,
                       "latest_height": self.store.height()}
