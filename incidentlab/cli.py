@@ -30,7 +30,10 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--validators", type=int, default=None, help="number of validators (default 4)")
     up.add_argument("--time-scale", type=float, default=None,
                     help="multiplier of every duration: 1.0 is CometBFT's timing, 0.2 five times faster")
-    up.add_argument("--backend", default="auto", help="auto or local (default: auto)")
+    up.add_argument("--backend", default="auto", help="auto, local or docker (default: auto)")
+    up.add_argument("--prometheus", action=argparse.BooleanOptionalAction, default=None,
+                    help="start a real Prometheus on 127.0.0.1 with the lab's alert rules "
+                         "(default: when the prometheus binary is installed)")
     lab_commands.add_parser("down", help="stop every localnet process")
     status = lab_commands.add_parser("status", help="list the targets like `docker ps`")
     status.add_argument("--json", action="store_true", help="print the endpoints as JSON for scripts")
@@ -86,6 +89,10 @@ def _lab_command(args: argparse.Namespace) -> int:
     if args.lab_command == "up":
         lab = Lab.connect(args.backend, home=args.home, validators=args.validators, time_scale=args.time_scale)
         print(lab.targets().to_string(index=False))
+        from .monitoring.prometheus_server import prometheus_binary
+
+        if args.prometheus or (args.prometheus is None and prometheus_binary()):
+            print(f"Prometheus: {lab.monitor.start_prometheus().url}")
         return 0
     lab = Lab.connect(home=args.home, start=False)
     if args.lab_command == "down":

@@ -39,6 +39,7 @@ class Lab:
         self.backend = backend
         self.simulation_running: Simulation | None = None
         self._rpc: CometBFTClient | None = None
+        self._monitor = None
 
     # -- connecting --------------------------------------------------------------------
 
@@ -84,10 +85,36 @@ class Lab:
         return lab
 
     def down(self) -> list[dict]:
-        """Stop every localnet process of this lab (``incidentlab lab down``)."""
+        """Stop every localnet process of this lab and its Prometheus (``incidentlab lab down``)."""
         if self.simulation_running is not None:
             self.simulation_running.close()
+        self.monitor.close()
+        self.monitor.stop_prometheus()
         return self.backend.down()
+
+    # -- monitoring ------------------------------------------------------------------------
+
+    @property
+    def monitor(self):
+        """The lab's monitoring: a real Prometheus where installed, else the embedded scraper."""
+        from .monitoring.lab_monitor import LabMonitor
+
+        if self._monitor is None:
+            self._monitor = LabMonitor(self)
+        return self._monitor
+
+    def alerts(self, source: str = "auto") -> "pd.DataFrame":
+        """Return the pending and firing alerts (alertname, state, severity, target, value, ...).
+
+        They come from Prometheus when it runs for this lab, else from the same rules evaluated
+        by the lab on its embedded scraper (which starts on the first call and needs a few
+        scrapes of history).
+        """
+        return self.monitor.alerts(source)
+
+    def query(self, expr: str) -> "pd.DataFrame":
+        """Run a PromQL instant query on the lab's Prometheus, like the lab document's curl calls."""
+        return self.monitor.client().query(expr)
 
     # -- targets -----------------------------------------------------------------------
 

@@ -188,6 +188,8 @@ def test_start_waits_for_port_held_by_client(lab, caplog):
     # A client connection whose local port is node 3's metrics port, as an ephemeral port can be.
     # Nothing scrapes that port here, so no connection of the stopped validator is left on it.
     client = socket.socket()
+    # A connection of the stopped validator may still be in TIME_WAIT on that port.
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     client.bind(("127.0.0.1", metrics_port))
     client.connect(("127.0.0.1", peer_rpc_port))
 

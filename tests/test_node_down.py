@@ -28,7 +28,7 @@ def run_batch(lab: Lab, seed: int):
     sim = lab.simulation("node-down", learner="tester", seed=seed, mode="batch",
                          answers_path=ANSWERS / f"node-down-seed-{seed}.yaml")
     sim.inject()
-    lab.heights(count=3)
+    lab.heights(count=10)  # ten block times of the incident before anyone acts
     sim.acknowledge()
     sim.triage()
     sim.diagnose()
