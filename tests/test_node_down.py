@@ -51,7 +51,7 @@ def test_two_down_halts_and_recovers(lab):
     assert sim.incident.status == "Resolved"
     assert sim.incident.time_to_recover is not None
     # The halt is measured from the chain itself: blocks stopped for far longer than a block time.
-    assert report.record["impact"]["longest time between blocks (s)"] > 5 * lab.block_time
+    assert report.record["impact"]["longest time without a new block (s)"] > 5 * lab.block_time
     assert report.markdown_path.read_text().startswith("# Incident Report")
     assert json.loads(report.json_path.read_text())["id"] == sim.incident.id
 

@@ -108,20 +108,22 @@ class NodeDown(Simulation):
         start = max(1, self.height_at_injection)
         end = min(client.status().latest_block_height, start + MAX_IMPACT_BLOCKS)
         positions = self._positions(self.variant["targets"])
-        missed, gaps, previous = 0, [], None
+        # The longest stretch without a new block is measured from the injection on, so a halt
+        # counts even when the chain had no block yet.
+        missed, gaps, previous = 0, [], self.injected_at
         for height in range(start, end + 1):
             block = client.block(height)
             # An absent signature carries no address, as in CometBFT: its position says whose it is.
             signatures = block.last_commit_signatures
             missed += sum(1 for i in positions if i < len(signatures) and signatures[i].block_id_flag == 1)
-            if previous is not None:
+            if block.time > previous:
                 gaps.append((block.time - previous).total_seconds())
-            previous = block.time
+                previous = block.time
         return {
             "validators stopped": len(self.variant["targets"]),
             "blocks committed during the incident": max(0, end - start),
             "signatures missed by the stopped validators": missed,
-            "longest time between blocks (s)": round(max(gaps, default=0.0), 2),
+            "longest time without a new block (s)": round(max(gaps, default=0.0), 2),
             "normal time between blocks (s)": round(self.lab.block_time, 2),
         }
 
