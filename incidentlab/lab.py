@@ -292,6 +292,19 @@ class Lab:
         table.columns.name = None
         return table
 
+    def http_status(self, url: str | None = None, *, count: int = 10, interval: float | None = None) -> "pd.DataFrame":
+        """GET ``url`` ``count`` times and return time, code, latency and error kind of each request.
+
+        The lab document's loop of ``curl -w "%{http_code}"`` calls. ``url`` defaults to the
+        first validator's ``/status`` (port 26657 upstream); ``interval`` to one block time. A
+        request that gets no response has code 0, as curl prints 000.
+        """
+        from .probes.http import sample_http
+
+        url = url or self.status()["services"][0]["rpc"] + "/status"
+        interval = self.block_time if interval is None else interval
+        return sample_http(url, count=count, interval=interval, timeout=self.probe_timeout)
+
     @property
     def block_time(self) -> float:
         """Expected seconds between blocks when every validator is up (timeout_commit, scaled)."""
