@@ -310,11 +310,15 @@ class Lab:
         """Expected seconds between blocks when every validator is up (timeout_commit, scaled)."""
         return max(0.05, 1.0 * self.config.time_scale)
 
-    def preflight(self) -> "pd.DataFrame":
-        """Return a table of checks: each validator's RPC healthy and the chain progressing."""
+    def preflight(self, *, tools: bool = False) -> "pd.DataFrame":
+        """Return a table of checks (check, ok, observed, meaning): RPCs, chain progress, metrics, gateway.
+
+        With ``tools`` it also reports the lab home, Prometheus, Docker and a cluster, each with
+        what its presence or absence means for the exercises.
+        """
         from .probes.preflight import preflight
 
-        return preflight(self)
+        return preflight(self, tools=tools)
 
     # -- simulations -------------------------------------------------------------------
 
