@@ -94,7 +94,8 @@ def _lab_command(args: argparse.Namespace) -> int:
         if args.prometheus or (args.prometheus is None and prometheus_binary()):
             print(f"Prometheus: {lab.monitor.start_prometheus().url}")
         return 0
-    lab = Lab.connect(home=args.home, start=False)
+    # status is read-only: it must not undo faults as a side effect.
+    lab = Lab.connect(home=args.home, start=False, reconcile=args.lab_command == "down")
     if args.lab_command == "down":
         lab.down()
         print(f"localnet in {lab.config.home} is down")
@@ -118,6 +119,9 @@ def _run_command(args: argparse.Namespace) -> int:
     print(f"executed notebook: {result.output_path}")
     if result.report_path:
         print(f"incident report:   {result.report_path}")
+        kinds = {event["kind"] for event in result.record.get("timeline", [])}
+        verdict = "yes" if "recovery_verified" in kinds else "NO: the probes did not verify a recovery"
+        print(f"recovered:         {verdict}")
     if result.error:
         print(f"incidentlab: the notebook failed: {result.error}", file=sys.stderr)
         return 1

@@ -75,13 +75,14 @@ class Lab:
         config = _config_for(home_path, validators, time_scale, name)
         config.ensure_home()
         lab = cls(config, _make_backend(name, config))
+        _widen_tables()
         if start and not lab.backend.is_up():
             logger.info("starting the embedded localnet in %s", config.home)
             lab.backend.up()
         # Faults left open by a process that died (a killed kernel, a SIGKILL) are undone now.
         if reconcile and lab.backend.is_up():
             for entry in lab.reconcile():
-                logger.warning("undid fault %s on %s left by a dead process: %s", entry["id"], entry.get("target"), entry["note"])
+                logger.warning("undid fault %s on %s: %s", entry["id"], entry.get("target"), entry["note"])
         return lab
 
     def down(self) -> list[dict]:
@@ -111,6 +112,19 @@ class Lab:
         scrapes of history).
         """
         return self.monitor.alerts(source)
+
+    def error_increase(self, window: float | None = None) -> "pd.DataFrame":
+        """Return the gateway's 5xx count, request count and error ratio over a recent window.
+
+        Prometheus answers when it runs for this lab, otherwise the embedded scraper does.
+        """
+        return self.monitor.error_increase(window)
+
+    def watch_requests(self, seconds: float = 10, *, mode: str = "interactive") -> None:
+        """Plot requests by status class and the 5xx ratio live for ``seconds`` (one figure in batch mode)."""
+        simulation = self.simulation_running
+        timeline = simulation.incident.timeline if simulation is not None and simulation.incident else []
+        self.monitor.watch_requests(seconds, mode=mode, timeline=timeline)
 
     def query(self, expr: str) -> "pd.DataFrame":
         """Run a PromQL instant query on the lab's Prometheus, like the lab document's curl calls."""
@@ -220,18 +234,23 @@ class Lab:
         return FAULTS[kind](self, target, **params)
 
     def halt(self) -> "pd.DataFrame":
-        """Undo every open fault at once, this process's and any other's; return the journal."""
+        """Undo every open fault at once, this process's and any other's; return the journal.
+
+        During a simulation the halt is a remediation action and lands in its timeline.
+        """
         from .chaos.guard import revert_all
 
-        revert_all("halt")
-        self.reconcile(force=True)
+        undone = revert_all("halt") + len(self.reconcile(force=True, reason="halt requested"))
+        simulation = self.simulation_running
+        if simulation is not None and simulation.incident is not None:
+            simulation.record_action("halt", "all faults", {"Status": f"{undone} fault(s) undone"})
         return self.journal()
 
-    def reconcile(self, *, force: bool = False) -> list[dict]:
+    def reconcile(self, *, force: bool = False, reason: str = "cleanup requested") -> list[dict]:
         """Undo the journal's orphaned faults (``force``: every open fault); return the entries acted on."""
         from .chaos.cleanup import reconcile
 
-        return reconcile(self.config.home, {self.backend.name: self.backend}, force=force)
+        return reconcile(self.config.home, {self.backend.name: self.backend}, force=force, reason=reason)
 
     def journal(self) -> "pd.DataFrame":
         """Return the fault journal: every fault, open or reverted, with its state and times."""
@@ -292,6 +311,34 @@ class Lab:
         table.columns.name = None
         return table
 
+    def gateway_url(self) -> str:
+        """Return the API gateway's REST base URL (port 1317 upstream); raises ScenarioError without one."""
+        for service in self.status()["services"]:
+            if service.get("kind") == "gateway":
+                return service["rest"]
+        raise ScenarioError(f"the localnet in {self.config.home} has no API gateway; run `incidentlab lab down`, "
+                            f"remove {self.config.localnet_dir} and start the lab again to create one")
+
+    def state_history(self, count: int = 10, interval: float | None = None) -> "pd.DataFrame":
+        """Inspect every target ``count`` times and return one row per round with each target's Status.
+
+        A single ``docker inspect`` can miss a target that flaps between running and paused; a
+        few rounds, one block time apart by default, show the pattern.
+        """
+        import datetime as _dt
+        import time
+
+        import pandas as pd
+
+        interval = self.block_time if interval is None else interval
+        rows = []
+        for _ in range(count):
+            row = {"time": _dt.datetime.now(_dt.timezone.utc).strftime("%H:%M:%S.%f")[:-3]}
+            row.update({name: self.backend.inspect(name)["Status"] for name in self.backend.targets()["NAME"]})
+            rows.append(row)
+            time.sleep(interval)
+        return pd.DataFrame(rows)
+
     def http_status(self, url: str | None = None, *, count: int = 10, interval: float | None = None) -> "pd.DataFrame":
         """GET ``url`` ``count`` times and return time, code, latency and error kind of each request.
 
@@ -343,6 +390,14 @@ class Lab:
         return f"Lab(backend={self.backend.name!r}, home={str(self.config.home)!r})"
 
 
+def _widen_tables() -> None:
+    """Let notebook tables show whole log lines and port lists (pandas cuts cells at 50 characters)."""
+    import pandas as pd
+
+    if pd.get_option("display.max_colwidth") == 50:
+        pd.set_option("display.max_colwidth", 200)
+
+
 def _make_backend(name: str, config: LabConfig):
     if name == "docker":
         from .backends.docker import DockerBackend
@@ -383,7 +438,8 @@ def _config_for(home: Path, validators: int | None, time_scale: float | None, ba
     """
     from .localnet.network import load_network
 
-    requested = LabConfig(home=home, backend=backend, validators=validators or 4, time_scale=time_scale or 1.0)
+    requested = LabConfig(home=home, backend=backend, validators=4 if validators is None else validators,
+                          time_scale=1.0 if time_scale is None else time_scale)
     network_file = requested.localnet_dir / "network.json"
     if not network_file.exists():
         return requested
@@ -406,7 +462,7 @@ def _config_for(home: Path, validators: int | None, time_scale: float | None, ba
         return existing
     if _make_backend(backend, existing).is_up():
         raise ConfigError(
-            f"{' and '.join(mismatches)} do not match the running localnet in {home}; "
+            f"{' and '.join(mismatches)}: not what the running localnet in {home} uses; "
             "run `incidentlab lab down` first, or use another lab home (INCIDENTLAB_HOME)"
         )
     logger.info("recreating the stopped localnet in %s for %s", home, ", ".join(mismatches))

@@ -18,10 +18,11 @@ __all__ = ["LivePlot", "plot_block_height", "plot_requests", "plot_latency", "st
 logger = logging.getLogger(__name__)
 
 #: Timeline kinds drawn as vertical lines, with their colour and label.
+# Black and grey, so that no marker shares a colour with a validator's line.
 MARKED_EVENTS = {
-    "fault_injected": ("tab:red", "fault injected"),
-    "action": ("tab:green", "action"),
-    "recovery_verified": ("tab:blue", "recovery verified"),
+    "fault_injected": ("black", "--", "fault injected"),
+    "action": ("dimgray", ":", "action"),
+    "recovery_verified": ("darkgray", "-.", "recovery verified"),
 }
 CLASS_COLOURS = {"2xx": "tab:green", "3xx": "tab:cyan", "4xx": "tab:orange", "5xx": "tab:red"}
 
@@ -155,8 +156,9 @@ def _mark(axes, timeline) -> None:
     seen = set()
     for event in timeline:
         if event.kind in MARKED_EVENTS:
-            colour, label = MARKED_EVENTS[event.kind]
-            axes.axvline(event.time, color=colour, linestyle="--", label=None if event.kind in seen else label)
+            colour, style, label = MARKED_EVENTS[event.kind]
+            axes.axvline(event.time, color=colour, linestyle=style, linewidth=1.5,
+                         label=None if event.kind in seen else label)
             seen.add(event.kind)
 
 

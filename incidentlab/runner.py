@@ -63,12 +63,18 @@ def run_notebook(notebook: str, parameters: dict[str, Any] | None = None, *, hom
 
     path, scenario = resolve_notebook(notebook)
     home_path = Path(home).expanduser().resolve() if home else default_home()
+    _check_names(path, parameters or {})
     params = {**RUN_DEFAULTS, **{k: _convert(v) for k, v in (parameters or {}).items()}}
     if scenario and not params.get("answers_path") and params["mode"] == "batch":
         params["answers_path"] = str(_example_answers(scenario, params["seed"]))
     if params.get("answers_path"):
         # The kernel runs in the notebook's folder, so a path relative to the caller must be made absolute.
         params["answers_path"] = str(Path(params["answers_path"]).expanduser().resolve())
+        # A broken answers file is reported now, not after the lab has started.
+        from .scenarios.answers import load_answers
+
+        load_answers(params["answers_path"])
+    _check_values(params)
     started = _dt.datetime.now(_dt.timezone.utc)
     if output_path is None:
         safe_learner = re.sub(r"[^A-Za-z0-9_.-]", "_", str(params["learner"]))[:64]
@@ -109,6 +115,26 @@ def read_report(notebook_path: str | Path) -> dict | None:
             if REPORT_MIME in data:
                 found = data[REPORT_MIME]
     return found
+
+
+def _check_names(path: Path, parameters: dict) -> None:
+    """Reject a parameter the notebook does not declare, so a typo cannot pass unnoticed."""
+    import papermill
+
+    declared = set(papermill.inspect_notebook(str(path)))
+    unknown = sorted(set(parameters) - declared)
+    if unknown:
+        raise ConfigError(f"{path.name} has no parameter {', '.join(map(repr, unknown))}; "
+                          f"its parameters are {', '.join(sorted(declared))}")
+
+
+def _check_values(params: dict) -> None:
+    from .config import LabConfig
+    from .scenarios.base import MODES
+
+    if params.get("mode") not in MODES:
+        raise ConfigError(f"mode={params.get('mode')!r} is invalid; use {' or '.join(map(repr, MODES))}")
+    LabConfig(time_scale=params.get("time_scale"), home=Path("/"))  # raises ConfigError naming the value
 
 
 def _example_answers(scenario: str, seed: Any) -> Path:

@@ -38,8 +38,9 @@ def test_lab_up_status_down(home):
     data = json.loads(status.stdout)
     assert data["backend"] == "local"
     assert data["home"] == str(home.resolve())
-    assert [s["name"] for s in data["services"]] == [f"virtengine-node-{i}" for i in range(3)]
-    for service in data["services"]:
+    validators = [s for s in data["services"] if s["kind"] == "validator"]
+    assert [s["name"] for s in validators] == [f"virtengine-node-{i}" for i in range(3)]
+    for service in validators:
         assert service["kind"] == "validator"
         assert service["status"] == "running"
         assert service["rpc"].startswith("http://127.0.0.1:")
@@ -64,6 +65,21 @@ def test_bad_values_get_clear_errors(home):
     result = incidentlab(home, "run", "node-down", "-p", "seed", "12345")
     assert result.returncode == 2
     assert "no example answers file" in result.stderr
+    result = incidentlab(home, "run", "node-down", "-p", "sed", "2")
+    assert result.returncode == 2
+    assert "has no parameter 'sed'" in result.stderr
+    result = incidentlab(home, "lab", "up", "--time-scale", "0")
+    assert result.returncode == 2
+    assert "time_scale=0.0 is out of range" in result.stderr
+
+
+def test_broken_answers_reported_before_lab_starts(home, tmp_path):
+    broken = tmp_path / "answers.yaml"
+    broken.write_text("triage: [unclosed\n")
+    result = incidentlab(home, "run", "node-down", "-p", "answers_path", str(broken))
+    assert result.returncode == 2
+    assert "is not valid YAML" in result.stderr
+    assert not (home / "localnet" / "network.json").exists()
 
 
 @pytest.mark.notebook

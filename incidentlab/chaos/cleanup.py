@@ -14,7 +14,7 @@ __all__ = ["reconcile", "revert_matching"]
 logger = logging.getLogger(__name__)
 
 
-def reconcile(home: str | Path, backends: dict, *, force: bool = False) -> list[dict]:
+def reconcile(home: str | Path, backends: dict, *, force: bool = False, reason: str = "cleanup requested") -> list[dict]:
     """Undo the open faults of the journal in ``home``; return the entries acted on.
 
     Without ``force`` only orphans are undone: faults whose owner process is gone (even if it
@@ -26,8 +26,8 @@ def reconcile(home: str | Path, backends: dict, *, force: bool = False) -> list[
     journal = Journal(home)
     acted = []
     for entry in journal.open_entries():
-        reason = _orphan_reason(entry) if not force else "cleanup requested"
-        if reason is None:
+        why = _orphan_reason(entry) if not force else reason
+        if why is None:
             continue
         backend = backends.get(entry.get("backend"))
         if backend is None:
@@ -36,7 +36,7 @@ def reconcile(home: str | Path, backends: dict, *, force: bool = False) -> list[
             continue
         ok, note = run_undo(entry["undo"], backend)
         entry["state"] = "reverted" if ok else "revert_failed"
-        entry["note"] = f"{reason}: {note}"
+        entry["note"] = f"{why}: {note}"
         journal.write(entry)
         log = logger.info if ok else logger.error
         log("cleanup fault=%s target=%s state=%s: %s", entry["id"], entry.get("target"), entry["state"], entry["note"])

@@ -8,6 +8,8 @@ import sys
 
 __all__ = ["add_chaos_parser", "add_cleanup_parser", "run_chaos", "run_cleanup", "parse_duration"]
 
+from ..errors import ConfigError
+
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m)?\s*$")
 
 
@@ -68,16 +70,21 @@ def run_chaos(args: argparse.Namespace) -> int:
     from ..chaos.cleanup import revert_matching
     from ..lab import Lab
 
-    lab = Lab.connect(home=args.home, start=False)
     command = args.chaos_command
+    # Listing commands are read-only: they must not undo faults as a side effect.
+    lab = Lab.connect(home=args.home, start=False, reconcile=command not in ("list", "journal"))
     if command == "list":
         print(lab.targets().to_string(index=False))
         return 0
     if command == "journal":
-        print(lab.journal().to_string(index=False))
+        journal = lab.journal()
+        print(journal.to_string(index=False) if not journal.empty else "the fault journal is empty")
         return 0
     if command == "halt":
-        print(lab.halt().to_string(index=False))
+        before = set(lab.journal().query("state != 'reverted'")["id"])
+        journal = lab.halt()
+        undone = journal[journal["id"].isin(before)]
+        print(undone.to_string(index=False) if not undone.empty else "no open fault: nothing to undo")
         return 0
     if command in ("restart", "unpause", "latency-remove"):
         kinds = {"restart": ("stop", "kill", "restart"), "unpause": ("pause", "pause-cycle"),
@@ -99,6 +106,15 @@ def run_chaos(args: argparse.Namespace) -> int:
 
 def _inject(lab, args: argparse.Namespace) -> int:
     options = {"dry_run": args.dry_run}
+    # Durations typed on the command line are wall-clock time; the fault classes take durations
+    # before time scaling, so divide by the lab's time scale.
+    scale = lab.config.time_scale
+    if args.chaos_command == "cpu-stress":
+        args.duration /= scale
+    if args.chaos_command == "pause-cycle":
+        args.paused, args.running = args.paused / scale, args.running / scale
+    if args.chaos_command == "latency" and not 0.001 <= args.delay <= 60:
+        raise ConfigError(f"latency {args.delay * 1000:g}ms is out of range; give 1ms to 60s, like 100ms")
     if args.chaos_command == "kill":
         fault = lab.fault("stop", args.target, detached=True, **options)
     elif args.chaos_command == "pause":

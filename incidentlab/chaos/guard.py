@@ -41,8 +41,10 @@ def active_faults() -> list:
 def revert_all(reason: str) -> int:
     """Revert every active fault of this process; return how many were reverted."""
     count = 0
+    # A halt is requested; an exit or a signal reverting faults is worth a warning.
+    log = logger.info if reason == "halt" else logger.warning
     for fault in active_faults():
-        logger.warning("reverting fault=%s target=%s at %s", fault.id, fault.target, reason)
+        log("reverting fault=%s target=%s at %s", fault.id, fault.target, reason)
         try:
             if fault.revert():
                 count += 1

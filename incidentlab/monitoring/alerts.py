@@ -133,7 +133,7 @@ class AlertEvaluator:
                 "alertname": name, "state": alert["state"], "severity": rules[name].labels.get("severity"),
                 "target": target, "value": alert.get("value"),
                 "active_since": _dt.datetime.fromtimestamp(alert["since"], _dt.timezone.utc),
-                "summary": rules[name].annotations.get("summary", ""),
+                "summary": _render(rules[name].annotations.get("summary", ""), target, alert.get("value")),
             } for (name, target), alert in self._active.items()]
         frame = pd.DataFrame(rows, columns=ALERT_COLUMNS)
         return frame.sort_values(["state", "alertname", "target"], ignore_index=True)
@@ -225,6 +225,12 @@ _CONDITIONS: dict[str, Callable[[AlertEvaluator, Rule], dict[str, float]]] = {
     "HighErrorRatio": _high_error_ratio,
     "VeidScoreDrop": _veid_score_drop,
 }
+
+
+def _render(template: str, target: str, value) -> str:
+    """Fill the common Prometheus template fields of a summary: $value and $labels.* (with the target)."""
+    text = re.sub(r"\{\{\s*\$value[^}]*\}\}", f"{value:g}" if isinstance(value, (int, float)) else str(value), template)
+    return re.sub(r"\{\{\s*\$labels\.\w+\s*\}\}", target, text)
 
 
 def _seconds(text: str) -> float:

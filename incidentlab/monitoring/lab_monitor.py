@@ -107,6 +107,42 @@ class LabMonitor:
         self._evaluator.evaluate()
         return self._evaluator.alerts()
 
+    def error_increase(self, window: float | None = None) -> "pd.DataFrame":
+        """Return the gateway's 5xx and total requests over the last ``window`` seconds, and their ratio.
+
+        From Prometheus, with the lab document's query ``increase(http_requests_total{code=~"5.."}[W])``,
+        when it runs for this lab; else from the embedded scraper. ``window`` defaults to 60 s
+        scaled by the lab's time scale (the lab document's 5 minutes would hide a short incident).
+        """
+        import pandas as pd
+
+        window = window if window is not None else max(2.0, 60 * self.lab.config.time_scale)
+        span = f"{round(window * 1000)}ms"
+        if self.prometheus() is not None:
+            client = self.client()
+            errors = client.query(f'sum(increase(http_requests_total{{code=~"5.."}}[{span}]))')
+            total = client.query(f"sum(increase(http_requests_total[{span}]))")
+            source = "prometheus"
+            errors_value = float(errors["value"].sum()) if not errors.empty else 0.0
+            total_value = float(total["value"].sum()) if not total.empty else 0.0
+        else:
+            frame = self.scraper().frame("http_requests_total")
+            source = "embedded scraper"
+            errors_value, total_value = _increase(frame, window)
+        ratio = errors_value / total_value if total_value else 0.0
+        return pd.DataFrame([{"source": source, "window_s": window, "requests": round(total_value, 1),
+                              "5xx": round(errors_value, 1), "error_ratio": round(ratio, 3)}])
+
+    def watch_requests(self, seconds: float, *, mode: str = "interactive", timeline: list = ()):
+        """Show requests by status class and the 5xx ratio, redrawn while ``seconds`` pass; return the figure."""
+        from ..live import LivePlot, plot_requests
+
+        scraper = self.scraper()
+        plot = LivePlot(lambda: plot_requests(scraper.frame("http_requests_total"), timeline), mode=mode,
+                        every=max(0.5, scraper.interval))
+        plot.watch(seconds)
+        return None
+
     def close(self) -> None:
         """Stop the embedded scraper and evaluator (Prometheus, a separate process, stays up)."""
         if self._evaluator is not None:
@@ -139,3 +175,22 @@ def _normalise(frame: "pd.DataFrame") -> "pd.DataFrame":
         "active_since": frame.get("activeAt"), "summary": frame.get("summary"),
     })
     return result.sort_values(["state", "alertname"], ignore_index=True)
+
+
+def _increase(frame: "pd.DataFrame", window: float) -> tuple[float, float]:
+    """Return (5xx increase, total increase) of http_requests_total over the last ``window`` seconds."""
+    import datetime as _dt
+
+    if frame.empty:
+        return 0.0, 0.0
+    recent = frame[frame["time"] >= frame["time"].max() - _dt.timedelta(seconds=window)]
+    recent = recent.assign(series=recent["labels"].map(lambda labels: tuple(sorted(labels.items()))))
+    errors = total = 0.0
+    for (_, series), rows in recent.groupby(["target", "series"]):
+        values = rows["value"].tolist()
+        # Counters only grow; a drop is a restarted process that counts from zero again.
+        grown = sum(b - a if b >= a else b for a, b in zip(values, values[1:]))
+        total += grown
+        if dict(series).get("code", "").startswith("5"):
+            errors += grown
+    return errors, total

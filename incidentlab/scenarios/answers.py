@@ -24,7 +24,9 @@ ROOT_CAUSE_CATEGORIES = (
     "data pipeline",
 )
 ACTION_ITEM_TYPES = ("prevent", "mitigate", "process")
-REMEDIATION_ACTIONS = ("start", "stop", "restart", "pause", "unpause", "kill")
+REMEDIATION_ACTIONS = ("start", "stop", "restart", "pause", "unpause", "kill", "halt")
+#: Actions that act on the whole lab rather than one target.
+TARGETLESS_ACTIONS = ("halt",)
 _KNOWN_KEYS = ("learner", "acknowledge", "triage", "status", "diagnosis", "actions", "root_cause",
                "resolution", "action_items", "lessons_learned")
 
@@ -92,6 +94,8 @@ def _check(path: Path, data: dict) -> None:
     for index, action in enumerate(data.get("actions", [])):
         if not isinstance(action, dict) or action.get("action") not in REMEDIATION_ACTIONS:
             fail(f"actions[{index}]", action, f"each action needs action: one of {', '.join(REMEDIATION_ACTIONS)}")
+        if action["action"] in TARGETLESS_ACTIONS:
+            continue
         if not isinstance(action.get("target"), str) or not action["target"]:
             fail(f"actions[{index}].target", action.get("target"), "name the target, like virtengine-node-1")
     for index, item in enumerate(data.get("action_items", [])):

@@ -128,8 +128,9 @@ class Simulation:
         self.active = True
         self.injected_at = _dt.datetime.now(_dt.timezone.utc)
         self.apply_fault()
-        self._event("fault_injected", "lab", f"variant {self.variant['name']}", time=self.injected_at,
-                    variant=self.variant["name"])
+        targets = ", ".join(self.variant.get("targets", []))
+        self._event("fault_injected", "lab", f"{self.variant['name']}: {self.variant.get('summary', '')}"
+                    + (f" ({targets})" if targets else ""), time=self.injected_at, variant=self.variant["name"])
         self.save()
         logger.info("simulation %s injected incident=%s learner=%s seed=%d variant=%s",
                     self.scenario_id, self.incident.id, self.learner, self.seed, self.variant["name"])
@@ -175,6 +176,8 @@ class Simulation:
             status = planned[done] if done < len(planned) else None
         if status is None:
             return None
+        if status == self.incident.status and self.incident.first("status_changed") is not None:
+            return status  # already posted: an unchanged status is no new event
         with self._lock:
             self.incident.set_status(status)
         self.save()
@@ -217,6 +220,9 @@ class Simulation:
         if self.mode == "batch":
             for action in self.answers.get("actions", []):
                 options = {k: v for k, v in action.items() if k not in ("action", "target")}
+                if action["action"] == "halt":
+                    self.lab.halt()
+                    continue
                 getattr(self.lab, action["action"])(action["target"], **options)
         rows = [{"time": e.time, "action": e.data.get("action"), "target": e.data.get("target"),
                  "status after": e.data.get("status")} for e in self.incident.timeline if e.kind == "action"]

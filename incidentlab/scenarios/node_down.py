@@ -54,6 +54,7 @@ class NodeDown(Simulation):
 
     def apply_fault(self) -> None:
         self.height_at_injection = self._max_height() or 0
+        self.normal_block_time = self._measure_block_time()
         self._heights: list[tuple[float, int]] = []
         # Journaled faults, so that `incidentlab cleanup` restarts the validators even if this
         # kernel dies mid-incident. The simulation records the injection itself, once.
@@ -105,27 +106,38 @@ class NodeDown(Simulation):
         client = self._any_client()
         if client is None:
             return {"note": "no validator answered, so the impact could not be measured"}
-        start = max(1, self.height_at_injection)
+        # Only blocks committed after the fault count, and an ongoing halt counts up to now.
+        start = self.height_at_injection + 1
         end = min(client.status().latest_block_height, start + MAX_IMPACT_BLOCKS)
         positions = self._positions(self.variant["targets"])
-        # The longest stretch without a new block is measured from the injection on, so a halt
-        # counts even when the chain had no block yet.
         missed, gaps, previous = 0, [], self.injected_at
         for height in range(start, end + 1):
             block = client.block(height)
             # An absent signature carries no address, as in CometBFT: its position says whose it is.
             signatures = block.last_commit_signatures
             missed += sum(1 for i in positions if i < len(signatures) and signatures[i].block_id_flag == 1)
-            if block.time > previous:
-                gaps.append((block.time - previous).total_seconds())
-                previous = block.time
+            gaps.append((block.time - previous).total_seconds())
+            previous = max(previous, block.time)
+        recovered = self.incident.first("recovery_verified")
+        until = recovered.time if recovered else _dt.datetime.now(_dt.timezone.utc)
+        gaps.append((until - previous).total_seconds())
+        normal = self.normal_block_time
         return {
-            "validators stopped": len(self.variant["targets"]),
-            "blocks committed during the incident": max(0, end - start),
+            "validators stopped": f"{len(self.variant['targets'])} ({', '.join(self.variant['targets'])})",
+            "blocks committed during the incident": max(0, end - start + 1),
             "signatures missed by the stopped validators": missed,
             "longest time without a new block (s)": round(max(gaps, default=0.0), 2),
-            "normal time between blocks (s)": round(self.lab.block_time, 2),
+            "normal time between blocks before the fault (s)": round(normal, 2) if normal else "not measured",
         }
+
+    def _measure_block_time(self) -> float | None:
+        """Return the mean interval of the last (up to 10) blocks before the fault, or None."""
+        client = self._any_client()
+        if client is None or self.height_at_injection < 2:
+            return None
+        first = max(1, self.height_at_injection - 10)
+        span = client.block(self.height_at_injection).time - client.block(first).time
+        return span.total_seconds() / (self.height_at_injection - first)
 
     # -- helpers ---------------------------------------------------------------------------
 
