@@ -29,7 +29,7 @@ __all__ = ["Fault", "Pause", "PauseCycle", "Stop", "Kill", "Restart", "CpuStress
 logger = logging.getLogger(__name__)
 
 TARGET_PREFIX = "virtengine-"
-#: Longest fault duration accepted, in seconds before time scaling.
+#: Maximum fault duration accepted, in seconds before time scaling.
 MAX_DURATION = 24 * 3600
 FAULTS: dict[str, type["Fault"]] = {}
 

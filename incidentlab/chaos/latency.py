@@ -29,7 +29,7 @@ __all__ = ["Latency", "netem_problems"]
 logger = logging.getLogger(__name__)
 
 METHODS = ("proxy", "netem")
-#: Longest a proxy lives when the fault has no duration, so no proxy can outlive the lab for long.
+#: Maximum lifetime of a proxy whose fault has no duration, so no proxy can outlive the lab for long.
 MAX_PROXY_LIFETIME = 24 * 3600
 PROXY_START_TIMEOUT = 10.0
 PROXIED_PORTS = ("p2p", "rpc")

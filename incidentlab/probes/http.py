@@ -31,8 +31,12 @@ def probe_http(session: requests.Session, url: str, timeout: float) -> dict:
     except requests.exceptions.Timeout:
         error = "timeout"
     except requests.exceptions.ConnectionError as exc:
-        text = str(exc)
-        error = "refused" if "refused" in text.lower() else "reset" if "reset" in text.lower() else "connection"
+        text = str(exc).lower()
+        error = "connection"
+        if "refused" in text:
+            error = "refused"
+        elif "reset" in text:
+            error = "reset"
     return {"time": _dt.datetime.now(_dt.timezone.utc), "url": url, "code": code,
             "latency_s": time.perf_counter() - started, "error": error}
 
