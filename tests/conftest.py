@@ -33,6 +33,7 @@ def make_localnet(tmp_path):
     """Build Localnets of fake validators in tmp lab homes, and stop every process they started at teardown.
 
     Defaults: 2 validators, time_scale 0.1 (so `docker stop`'s 10 s grace is 1 s), no classic ports.
+    The network has no gateway and no client, because a fake validator serves no /status to put behind them.
     """
     created: list[Localnet] = []
 
@@ -40,7 +41,7 @@ def make_localnet(tmp_path):
              classic_ports: bool = False, extra_args: dict[str, list[str]] | None = None) -> Localnet:
         config = LabConfig(home=tmp_path / home, backend="local", validators=validators,
                            time_scale=time_scale, classic_ports=classic_ports)
-        localnet = Localnet(config)
+        localnet = Localnet(config, with_services=False)
         localnet.command_factory = fake_node_factory(localnet, extra_args)
         created.append(localnet)
         return localnet

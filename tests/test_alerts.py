@@ -53,7 +53,9 @@ def test_prometheus_and_embedded_agree_on_stopped_validator(tmp_path):
     lab = Lab.connect("local", home=tmp_path / "lab", time_scale=0.1)
     try:
         lab.monitor.start_prometheus()
-        assert wait_for(lambda: len(lab.query("up")) == 4, 30)
+        # Every service with a /metrics endpoint is a target: the four validators and the gateway.
+        targets = sum(1 for service in lab.status()["services"] if service.get("metrics"))
+        assert wait_for(lambda: len(lab.query("up")) == targets, 30)
         lab.alerts(source="embedded")  # start the lab's own evaluation before the incident
         time.sleep(1)
         assert not firing(lab.alerts(source="prometheus"), "TargetDown")

@@ -27,6 +27,8 @@ pytestmark = pytest.mark.docker
 
 NODES = [f"virtengine-node-{index}" for index in range(4)]
 NODE1, NODE3 = NODES[1], NODES[3]
+#: Every container of a lab, in services() order: the validators, then the gateway and the client.
+SERVICES = [*NODES, "virtengine-gateway", "virtengine-client"]
 #: Seconds for a few blocks at time_scale 0.1 (a block takes about 0.1 s to 0.5 s there).
 BLOCK_WAIT = 15.0
 ENGINE_TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z ")
@@ -110,12 +112,13 @@ def test_up_runs_four_validator_containers(lab, engine):
 
 
 def test_up_when_running_changes_nothing(lab):
-    pids = [lab.inspect(name)["Pid"] for name in NODES]
+    pids = [lab.inspect(name)["Pid"] for name in SERVICES]
 
     services = lab.up()
 
+    assert [service["name"] for service in services] == SERVICES
     assert [service["pid"] for service in services] == pids
-    assert [service["status"] for service in services] == ["running"] * 4
+    assert [service["status"] for service in services] == ["running"] * len(SERVICES)
 
 
 def test_up_without_image_names_build_command(make_backend, monkeypatch):
@@ -219,13 +222,15 @@ def test_start_waits_for_port_held_by_client(lab, caplog):
 def test_targets_table_like_docker_ps(lab):
     table = lab.targets()
     rpc_port = lab.network().validator(NODES[0]).ports["rpc"]
+    validators = table[table["KIND"] == "validator"].reset_index(drop=True)
 
     assert list(table.columns) == ["NAME", "KIND", "STATUS", "PID", "PORTS"]
-    assert list(table["NAME"]) == NODES
-    assert set(table["KIND"]) == {"validator"}
+    assert list(table["NAME"]) == sorted(SERVICES)
+    assert list(validators["NAME"]) == NODES
+    assert set(table["KIND"]) == {"validator", "gateway", "client"}
     assert all(status.startswith("Up ") for status in table["STATUS"])
-    assert list(table["PID"]) == [lab.inspect(name)["Pid"] for name in NODES]
-    assert table.loc[0, "PORTS"].startswith(f"127.0.0.1:{rpc_port}->rpc, ")
+    assert list(table["PID"]) == [lab.inspect(name)["Pid"] for name in table["NAME"]]
+    assert validators.loc[0, "PORTS"].startswith(f"127.0.0.1:{rpc_port}->rpc, ")
 
 
 def test_targets_include_foreign_container(lab, engine, request):
@@ -240,7 +245,7 @@ def test_targets_include_foreign_container(lab, engine, request):
     assert lab.inspect("test-virtengine-foreign")["Status"] == "created"
     with pytest.raises(ConfigError, match="starts with 'virtengine-'"):
         lab.start("test-virtengine-foreign")
-    assert [service["name"] for service in lab.down()] == NODES
+    assert [service["name"] for service in lab.down()] == SERVICES
     assert engine.containers.get("test-virtengine-foreign").status == "created"
 
 
@@ -302,8 +307,8 @@ def test_pause_twice_and_kill_when_stopped_are_rejected(lab):
 def test_down_removes_lab_containers(lab, engine):
     services = lab.down()
 
-    assert [service["status"] for service in services] == ["exited"] * 4
-    assert [service["exit_code"] for service in services] == [0] * 4
+    assert [service["status"] for service in services] == ["exited"] * len(SERVICES)
+    assert [service["exit_code"] for service in services] == [0] * len(SERVICES)
     assert engine.containers.list(all=True, filters={"label": f"{HOME_LABEL}={lab.config.home}"}) == []
     assert lab.is_up() is False
     assert lab.down() == []

@@ -183,7 +183,7 @@ def test_localnet_outlives_starting_process(make_localnet):
         "from incidentlab.config import LabConfig\n"
         "from incidentlab.localnet.supervisor import Localnet\n"
         "config = LabConfig(home=sys.argv[1], validators=2, time_scale=0.1, classic_ports=False)\n"
-        "localnet = Localnet(config)\n"
+        "localnet = Localnet(config, with_services=False)\n"
         "localnet.command_factory = lambda spec: [sys.executable, sys.argv[2], '--network', "
         "str(localnet.network_path), '--name', spec.name]\n"
         "localnet.up()\n"
@@ -402,8 +402,9 @@ def test_real_validators_under_supervisor(tmp_path):
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     try:
         services = localnet.up()
-        assert [s["status"] for s in services] == ["running"] * 4
-        for service in services:
+        assert [s["kind"] for s in services] == ["validator"] * 4 + ["gateway", "client"]
+        assert [s["status"] for s in services] == ["running"] * 6
+        for service in services[:4]:
             assert get_health(service["rpc"]) == {"jsonrpc": "2.0", "id": -1, "result": {}}
             node_info = json.loads(opener.open(f"{service['rpc']}/status", timeout=2).read())["result"]["node_info"]
             assert node_info["moniker"] == service["name"]
@@ -414,8 +415,8 @@ def test_real_validators_under_supervisor(tmp_path):
         assert wait_until(lambda: localnet.services()[3]["status"] == "paused", 2)
         assert health_read_times_out(services[3]["rpc"])
 
-        # down() resumes it first, so every validator handles SIGTERM and exits 0.
-        assert [s["exit_code"] for s in localnet.down()] == [0] * 4
+        # down() resumes it first, so every process handles SIGTERM and exits 0.
+        assert [s["exit_code"] for s in localnet.down()] == [0] * 6
     finally:
         localnet.down(timeout=0)
         kill_recorded_processes(localnet.run_dir)

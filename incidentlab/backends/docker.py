@@ -1,7 +1,8 @@
 """Docker backend: the targets are containers named ``virtengine-*`` on the local Docker daemon.
 
-The lab's own validators run from the image incidentlab/validator:local on the host network,
-one container per validator. Every action goes through the Docker SDK, never the docker CLI.
+The lab's own validators, API gateway and client load run from the image incidentlab/validator:local
+on the host network, one container per process. Every action goes through the Docker SDK, never
+the docker CLI.
 """
 
 from __future__ import annotations
@@ -20,9 +21,10 @@ import pandas as pd
 
 from ..config import LabConfig
 from ..errors import ConfigError, LocalnetError, TargetNotFound, TargetStateError
-from ..localnet.network import Network, ValidatorSpec, create_network, load_network
-# The same port and /health checks as the local backend's, so both backends agree on them.
-from ..localnet.supervisor import FRESH_PORT_ATTEMPTS, ACTIVE_STATUSES, _busy_port, _health_ok, port_conflict, wait_until
+from ..localnet.network import Network, ServiceSpec, ValidatorSpec, create_network, load_network
+# The same commands, port and readiness checks as the local backend's, so both backends agree on them.
+from ..localnet.services import is_ready, kind_of, ports_column, ready_check_text, service_command, status_entry
+from ..localnet.supervisor import FRESH_PORT_ATTEMPTS, ACTIVE_STATUSES, _busy_port, port_conflict, wait_until
 from .docker_image import IMAGE, engine_client, image_exists
 from .local import TARGET_COLUMNS, TARGET_PREFIX, _parse_signal, _tail_count
 
@@ -38,10 +40,9 @@ NAME_FILTER = "virtengine"
 #: Mount point of the package's source folder, read-only. The image sets PYTHONPATH=/opt, so python3 finds it.
 PACKAGE_MOUNT = "/opt/incidentlab"
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
-VALIDATOR_MODULE = "incidentlab.localnet.validator"
 #: Parts of the engine's error messages that mean the action does not fit the container's state.
 STATE_MESSAGES = ("is not paused", "is already paused", "is not running", "cannot start a paused container")
-#: Seconds every validator has to respond to GET /health after its container starts.
+#: Seconds every validator has to respond to GET /health after its container starts (the gateway to GET /metrics).
 #: Container and Python start-up do not get faster with time_scale, so this is not scaled.
 HEALTH_TIMEOUT = 30.0
 #: Seconds to wait until the engine records the exit of a container after SIGKILL.
@@ -60,14 +61,17 @@ class DockerBackend:
     """Targets in Docker containers, with the same methods and results as LocalBackend.
 
     Takes the lab configuration and, for tests, a ``docker.DockerClient`` (one from
-    ``docker.from_env()`` when None). Raises ConfigError when the Docker engine cannot be reached.
+    ``docker.from_env()`` when None). ``with_services`` gives a new network file the API gateway
+    and the client load, as for the local backend. Raises ConfigError when the Docker engine
+    cannot be reached.
     """
 
     name = "docker"
 
-    def __init__(self, config: LabConfig, *, client: docker.DockerClient | None = None):
+    def __init__(self, config: LabConfig, *, client: docker.DockerClient | None = None, with_services: bool = True):
         self.config = config
         self.client = client or engine_client()
+        self.with_services = with_services
 
     @property
     def network_path(self) -> Path:
@@ -78,12 +82,12 @@ class DockerBackend:
         return load_network(self.network_path) if self.network_path.exists() else None
 
     def up(self) -> list[dict]:
-        """Create the network file when needed, run one container per validator and wait for /health.
+        """Create the network file when needed, run one container per validator and wait for /health, then the other services.
 
-        Like `docker run -d --network host` for each validator. When a lab container is already
+        Like `docker run -d --network host` for each process. When a lab container is already
         running or paused, nothing is started. Returns services(). Raises ConfigError when the
-        image is missing. Raises LocalnetError when a container cannot be created or a validator
-        does not become healthy, after removing the containers that this call created.
+        image is missing. Raises LocalnetError when a container cannot be created or a process
+        does not become ready, after removing the containers that this call created.
         """
         if not image_exists(self.client):
             raise ConfigError(
@@ -113,9 +117,11 @@ class DockerBackend:
     def _run_all(self, network: Network) -> None:
         created = []
         try:
-            for spec in network.validators:
-                created.append(self._run_validator(spec))
-            self._wait_healthy(network.validators)
+            # The gateway and the client start once the validators respond, as on the local backend.
+            for group in (network.validators, network.services):
+                for spec in group:
+                    created.append(self._run_container(spec))
+                self._wait_healthy(group)
         except BaseException:
             for container in created:
                 container.remove(force=True)
@@ -144,25 +150,26 @@ class DockerBackend:
         return any(service["status"] in ACTIVE_STATUSES for service in self.services())
 
     def services(self) -> list[dict]:
-        """Return one dict per container of this lab, shaped like Localnet.services() for `lab status --json`."""
+        """Return one dict per container of this lab, shaped like Localnet.services() for `lab status --json`.
+
+        Validators come first, then the other services, in the network file's order.
+        """
         network = self.network()
-        specs = {spec.name: spec for spec in network.validators} if network else {}
+        order = [spec.name for spec in network.specs] if network else []
+        specs = {spec.name: spec for spec in network.specs} if network else {}
         services = []
         for container in self._lab_containers():
             state, spec = container.attrs["State"], specs.get(container.name)
-            services.append({
-                "name": container.name,
-                "kind": container.labels.get(ROLE_LABEL, "container"),
-                "status": state["Status"],
-                "pid": state["Pid"],
-                "rpc": spec.rpc_url if spec else "",
-                "metrics": spec.metrics_url if spec else "",
-                "p2p": spec.p2p_url if spec else "",
-                "started_at": state["StartedAt"],
-                "finished_at": state["FinishedAt"],
-                "exit_code": state["ExitCode"],
-            })
-        return sorted(services, key=lambda service: service["name"])
+            times = {"status": state["Status"], "pid": state["Pid"], "started_at": state["StartedAt"],
+                     "finished_at": state["FinishedAt"], "exit_code": state["ExitCode"]}
+            if spec is not None:
+                services.append(status_entry(spec, **times))
+                continue
+            # A labelled container that the network file does not list (a file deleted by hand).
+            services.append({"name": container.name, "kind": container.labels.get(ROLE_LABEL, "container"),
+                             "rpc": "", "metrics": "", "p2p": "", **times})
+        rank = {name: index for index, name in enumerate(order)}
+        return sorted(services, key=lambda service: (rank.get(service["name"], len(rank)), service["name"]))
 
     def targets(self) -> pd.DataFrame:
         """Return the containers whose name contains "virtengine", like `docker ps -a`.
@@ -172,7 +179,7 @@ class DockerBackend:
         the network file, because host networking publishes none.
         """
         network = self.network()
-        specs = {spec.name: spec for spec in network.validators} if network else {}
+        specs = {spec.name: spec for spec in network.specs} if network else {}
         rows = []
         for summary in self.client.api.containers(all=True, filters={"name": NAME_FILTER}):
             name = summary["Names"][0].lstrip("/")
@@ -272,12 +279,13 @@ class DockerBackend:
     def start(self, name: str) -> dict:
         """Start a stopped container like `docker start` and return its new State.
 
-        A lab validator keeps its command, data and ports, and the call returns once it responds
-        to GET /health. A running container is left as it is. Raises TargetStateError with the
-        engine's message when it is paused, and LocalnetError when it does not become healthy.
+        A lab process keeps its command, data and ports, and the call returns once it is ready (a
+        validator responds to GET /health, the gateway to GET /metrics). A running container is left as
+        it is. Raises TargetStateError with the engine's message when it is paused, and
+        LocalnetError when it does not become ready.
         """
         network = self.network()
-        spec = next((spec for spec in network.validators if spec.name == name), None) if network else None
+        spec = next((spec for spec in network.specs if spec.name == name), None) if network else None
         if spec is not None and not self._inspect_raw(name)["Running"]:
             _wait_ports_free(spec)
         state = self._act(name, "start", lambda container: container.start())
@@ -300,7 +308,7 @@ class DockerBackend:
         return {
             service["name"]: {"rpc": service["rpc"], "metrics": service["metrics"]}
             for service in self.services()
-            if service["name"].startswith(TARGET_PREFIX) and service["rpc"]
+            if service["name"].startswith(TARGET_PREFIX) and service["kind"] == "validator"
         }
 
     def container(self, name: str):
@@ -324,6 +332,7 @@ class DockerBackend:
             return create_network(
                 self.config.localnet_dir, chain_id=self.config.chain_id, validators=self.config.validators,
                 time_scale=self.config.time_scale, classic_ports=self.config.classic_ports,
+                with_services=self.with_services,
             )
         recorded = (len(network.validators), network.chain_id, network.time_scale)
         configured = (self.config.validators, self.config.chain_id, self.config.time_scale)
@@ -334,23 +343,24 @@ class DockerBackend:
             )
         return network
 
-    def _run_validator(self, spec: ValidatorSpec):
+    def _run_container(self, spec: ValidatorSpec | ServiceSpec):
         self._remove_stale(spec.name)
         _wait_ports_free(spec)
         localnet_dir = str(self.config.localnet_dir)
         with self._engine_errors(spec.name):
             container = self.client.containers.create(
                 IMAGE,
-                command=["python3", "-m", VALIDATOR_MODULE, "--network", str(self.network_path), "--name", spec.name],
+                command=service_command(spec, self.network_path, python="python3"),
                 name=spec.name,
                 network_mode="host",
-                labels={HOME_LABEL: str(self.config.home), ROLE_LABEL: "validator"},
+                labels={HOME_LABEL: str(self.config.home), ROLE_LABEL: kind_of(spec)},
                 volumes={str(PACKAGE_DIR): {"bind": PACKAGE_MOUNT, "mode": "ro"}, localnet_dir: {"bind": localnet_dir, "mode": "rw"}},
                 # The host user's ids, so that node data in the lab home stays owned by that user.
                 user=f"{os.getuid()}:{os.getgid()}",
             )
             container.start()
-        logger.info("started container %s id=%s rpc=%s", spec.name, container.short_id, spec.rpc_url)
+        logger.info("started container %s id=%s kind=%s ports=%s", spec.name, container.short_id, kind_of(spec),
+                    ports_column(spec) or "none")
         return container
 
     def _remove_stale(self, name: str) -> None:
@@ -375,18 +385,18 @@ class DockerBackend:
             for spec in list(pending):
                 state = self._inspect_raw(spec.name)
                 if not state["Running"]:
-                    raise self._start_error(spec, f"exited with code {state['ExitCode']} before it responded to")
-                if _health_ok(spec.rpc_url):
+                    raise self._start_error(spec, f"exited with code {state['ExitCode']} before it was ready")
+                if is_ready(spec, state["Pid"]):
                     pending.remove(spec)
             if pending and time.monotonic() > deadline:
-                raise self._start_error(pending[0], f"did not respond within {HEALTH_TIMEOUT:.0f} s to")
+                raise self._start_error(pending[0], f"was not ready within {HEALTH_TIMEOUT:.0f} s")
             if pending:
                 time.sleep(0.05)
 
-    def _start_error(self, spec: ValidatorSpec, failure: str) -> LocalnetError:
+    def _start_error(self, spec: ValidatorSpec | ServiceSpec, failure: str) -> LocalnetError:
         lines = self.logs(spec.name, tail=LOG_LINES_IN_ERRORS).rstrip() or "(empty)"
         return LocalnetError(
-            f"container {spec.name} {failure} GET {spec.rpc_url}/health on port {spec.ports['rpc']}. "
+            f"container {spec.name} {failure}{ready_check_text(spec)}. "
             f"Last lines of `docker logs {spec.name}`:\n{lines}\n"
             "If another program uses the port, stop that program."
         )
@@ -438,9 +448,9 @@ class DockerBackend:
         return math.ceil((DEFAULT_STOP_TIMEOUT if timeout is None else timeout) * self.config.time_scale)
 
 
-def _ports_column(spec: ValidatorSpec | None, published: list[dict]) -> str:
+def _ports_column(spec: ValidatorSpec | ServiceSpec | None, published: list[dict]) -> str:
     if spec is not None:
-        return ", ".join(f"127.0.0.1:{spec.ports[kind]}->{kind}" for kind in ("rpc", "metrics", "p2p"))
+        return ports_column(spec)
     return ", ".join(
         f"{port.get('IP', '')}:{port['PublicPort']}->{port['PrivatePort']}/{port['Type']}" if "PublicPort" in port
         else f"{port['PrivatePort']}/{port['Type']}"
@@ -468,7 +478,7 @@ def _memory_usage(memory: dict) -> int:
     return usage - inactive if inactive < usage else usage
 
 
-def _wait_ports_free(spec: ValidatorSpec) -> None:
+def _wait_ports_free(spec: ValidatorSpec | ServiceSpec) -> None:
     busy = _busy_port(spec)
     if busy is None:
         return

@@ -1,4 +1,4 @@
-"""Local backend: the targets are the embedded localnet's validator processes on this machine.
+"""Local backend: the targets are the embedded localnet's processes on this machine (validators, gateway, client).
 
 Actions are signals to local processes (SIGSTOP, SIGCONT, SIGTERM, SIGKILL) sent through the
 localnet supervisor, and their rules and results follow the Docker engine's.
@@ -14,6 +14,7 @@ import pandas as pd
 
 from ..config import LabConfig
 from ..errors import ConfigError, TargetNotFound, TargetStateError
+from ..localnet.services import kind_of, ports_column
 from ..localnet.shim import ZERO_TIME
 from ..localnet.supervisor import ACTIVE_STATUSES, SHIM_RECORD_TIMEOUT, Localnet, tail_lines, wait_until
 
@@ -54,34 +55,37 @@ class LocalBackend:
         return self.localnet.down(timeout)
 
     def network(self):
-        """Return the localnet's network file (validators, ports, chain id), or None before up()."""
+        """Return the localnet's network file (validators, services, ports, chain id), or None before up()."""
         return self.localnet.network()
 
     def services(self) -> list[dict]:
-        """Return one dict per validator, shaped for `incidentlab lab status --json`."""
+        """Return one dict per process, validators first, shaped for `incidentlab lab status --json`."""
         return self.localnet.services()
 
     def is_up(self) -> bool:
-        """Return True when at least one validator is running or paused."""
+        """Return True when at least one process of the localnet is running or paused."""
         return self.localnet.is_up()
 
     def targets(self) -> pd.DataFrame:
         """Return the targets like `docker ps -a`: NAME, KIND, STATUS, PID, PORTS, sorted by name.
 
-        STATUS reads like Docker's: "Up 16 seconds", "Up 16 seconds (Paused)",
-        "Exited (137) 5 seconds ago" or "Created". PID is 0 when the target is not running.
+        KIND is validator, gateway or client. STATUS reads like Docker's: "Up 16 seconds",
+        "Up 16 seconds (Paused)", "Exited (137) 5 seconds ago" or "Created". PID is 0 when the
+        target is not running.
         """
         rows = []
         now = _dt.datetime.now(_dt.timezone.utc)
-        for name in self._names():
-            state = self.localnet.state(name)
-            ports = state["ports"]
+        network = self.localnet.network()
+        for spec in network.specs if network else ():
+            if not spec.name.startswith(TARGET_PREFIX):
+                continue
+            state = self.localnet.state(spec.name)
             rows.append({
-                "NAME": name,
-                "KIND": "validator",
+                "NAME": spec.name,
+                "KIND": kind_of(spec),
                 "STATUS": _ps_status(state, now),
                 "PID": state["pid"] if state["status"] in ACTIVE_STATUSES else 0,
-                "PORTS": ", ".join(f"127.0.0.1:{ports[kind]}->{kind}" for kind in ("rpc", "metrics", "p2p") if kind in ports),
+                "PORTS": ports_column(spec),
             })
         return pd.DataFrame(rows, columns=TARGET_COLUMNS).sort_values("NAME", ignore_index=True)
 
@@ -177,8 +181,9 @@ class LocalBackend:
     def start(self, name: str) -> dict:
         """Start a stopped target like `docker start` and return its new State.
 
-        The target gets the same command, data and ports, and the call returns once it responds to
-        GET /health. A running target is left as it is. Raises TargetStateError when it is paused.
+        The target gets the same command, data and ports, and the call returns once it is ready (a
+        validator responds to GET /health, the gateway to GET /metrics). A running target is left as it is.
+        Raises TargetStateError when it is paused.
         """
         state = self.localnet.state(self._check(name))
         if state["status"] == "paused":
@@ -197,11 +202,11 @@ class LocalBackend:
         return self.start(name)
 
     def endpoints(self) -> dict[str, dict[str, str]]:
-        """Return the probe endpoints of each target: ``{name: {"rpc": url, "metrics": url}}``."""
+        """Return the probe endpoints of each validator: ``{name: {"rpc": url, "metrics": url}}``."""
         return {
             service["name"]: {"rpc": service["rpc"], "metrics": service["metrics"]}
             for service in self.localnet.services()
-            if service["name"].startswith(TARGET_PREFIX)
+            if service["name"].startswith(TARGET_PREFIX) and service["kind"] == "validator"
         }
 
     # -- private helpers ----------------------------------------------------------------
@@ -210,7 +215,7 @@ class LocalBackend:
         network = self.localnet.network()
         if network is None:
             return []
-        return sorted(spec.name for spec in network.validators if spec.name.startswith(TARGET_PREFIX))
+        return sorted(spec.name for spec in network.specs if spec.name.startswith(TARGET_PREFIX))
 
     def _check(self, name: str) -> str:
         names = self._names()

@@ -1,7 +1,7 @@
-"""The localnet's network file: chain id, timeouts, validator identities and ports.
+"""The localnet's network file: chain id, timeouts, validator identities, other services and ports.
 
-The supervisor writes it once when the localnet is created; every validator process reads
-it at start, so a restarted validator keeps its ports, keys and data folder.
+The supervisor writes it once when the localnet is created. Every validator, gateway and client
+process reads it at start, so a restarted process keeps its ports, keys and data folder.
 Standard library only.
 """
 
@@ -20,15 +20,31 @@ from pathlib import Path
 __all__ = [
     "Timeouts",
     "ValidatorSpec",
+    "ServiceSpec",
     "Network",
     "create_network",
     "load_network",
     "sign",
     "CLASSIC_PORTS",
+    "GATEWAY_NAME",
+    "CLIENT_NAME",
+    "DEFAULT_UPSTREAM_TIMEOUT",
+    "DEFAULT_CLIENT_RATE",
+    "DEFAULT_CLIENT_CONCURRENCY",
 ]
 
 #: CometBFT's well-known ports for the first node.
 CLASSIC_PORTS = {"p2p": 26656, "rpc": 26657, "metrics": 26660}
+#: The Cosmos SDK's well-known REST port, asked for by the API gateway.
+CLASSIC_REST_PORT = 1317
+GATEWAY_NAME = "virtengine-gateway"
+CLIENT_NAME = "virtengine-client"
+#: Upstream timeout of the gateway in seconds, before time scaling.
+DEFAULT_UPSTREAM_TIMEOUT = 2.0
+#: Requests per second that the client sends to the gateway.
+DEFAULT_CLIENT_RATE = 5.0
+#: Requests of the client in flight at once; beyond that a request is dropped, not queued.
+DEFAULT_CLIENT_CONCURRENCY = 4
 #: Voting power of each localnet validator (equal power, as in the design).
 DEFAULT_POWER = 10
 NETWORK_FILE = "network.json"
@@ -94,22 +110,51 @@ class ValidatorSpec:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
+class ServiceSpec:
+    """A localnet service that is not a validator: the API gateway or the client load.
+
+    ``kind`` is "gateway" or "client". ``ports`` maps a port kind ("rest", "metrics") to its
+    number on 127.0.0.1 and is empty for a service that listens on none. ``options`` contains the
+    kind's settings, such as the gateway's upstream validator or the client's request rate.
+    """
+
+    name: str
+    kind: str
+    ports: dict
+    home: str
+    options: dict = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class Network:
-    """The whole localnet as every validator sees it."""
+    """The whole localnet as every process reads it from the network file: chain, validators and other services."""
 
     chain_id: str
     time_scale: float
     timeouts: Timeouts
     genesis_time: str
     validators: tuple
+    services: tuple = ()
     path: str = ""
 
     @property
     def total_power(self) -> int:
         return sum(v.power for v in self.validators)
 
+    @property
+    def specs(self) -> tuple:
+        """Every process of the localnet: the validators, then the other services, in start order."""
+        return tuple(self.validators) + tuple(self.services)
+
     def validator(self, name: str) -> ValidatorSpec:
         for spec in self.validators:
+            if spec.name == name:
+                return spec
+        raise KeyError(name)
+
+    def service(self, name: str) -> ServiceSpec:
+        """Return the non-validator service ``name``; raise KeyError when there is none."""
+        for spec in self.services:
             if spec.name == name:
                 return spec
         raise KeyError(name)
@@ -121,6 +166,7 @@ class Network:
             "timeouts": dataclasses.asdict(self.timeouts),
             "genesis_time": self.genesis_time,
             "validators": [dataclasses.asdict(v) for v in self.validators],
+            "services": [dataclasses.asdict(s) for s in self.services],
         }
 
 
@@ -133,12 +179,15 @@ def create_network(
     seed: int = 0,
     classic_ports: bool = True,
     name_prefix: str = "virtengine-node-",
+    with_services: bool = True,
 ) -> Network:
     """Create the identities and ports of a new localnet and write ``network.json``.
 
     Keys derive from ``seed`` so that the same seed gives the same addresses. Ports are
     free ports on 127.0.0.1 at the time of the call; the first validator gets the classic
-    CometBFT ports when ``classic_ports`` is true and they are free.
+    CometBFT ports when ``classic_ports`` is true and they are free. With ``with_services``
+    the localnet also gets the API gateway in front of the first validator (REST on the classic
+    port 1317 under the same rule) and a client load seeded with ``seed``.
     """
     directory = Path(directory)
     rng = random.Random(f"{chain_id}:{seed}")
@@ -166,6 +215,7 @@ def create_network(
                 home=str(directory / name),
             )
         )
+    services = _service_specs(directory, specs[0].name, seed, classic_ports, taken) if with_services and specs else ()
     now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
     network = Network(
         chain_id=chain_id,
@@ -173,6 +223,7 @@ def create_network(
         timeouts=Timeouts(),
         genesis_time=now,
         validators=tuple(specs),
+        services=services,
         path=str(directory / NETWORK_FILE),
     )
     directory.mkdir(parents=True, exist_ok=True)
@@ -183,7 +234,11 @@ def create_network(
 
 
 def load_network(path: str | Path) -> Network:
-    """Read a network file written by create_network."""
+    """Read a network file written by create_network.
+
+    A file written before the localnet had other services has no ``services`` list and
+    loads with none.
+    """
     path = Path(path)
     if path.is_dir():
         path = path / NETWORK_FILE
@@ -194,6 +249,7 @@ def load_network(path: str | Path) -> Network:
         timeouts=Timeouts(**raw["timeouts"]),
         genesis_time=raw["genesis_time"],
         validators=tuple(ValidatorSpec(**v) for v in raw["validators"]),
+        services=tuple(ServiceSpec(**s) for s in raw.get("services", [])),
         path=str(path),
     )
 
@@ -206,6 +262,26 @@ def sign(secret_hex: str, payload: bytes) -> str:
     """
     digest = hmac.new(bytes.fromhex(secret_hex), payload, hashlib.sha512).digest()
     return base64.b64encode(digest).decode()
+
+
+def _service_specs(directory: Path, upstream: str, seed: int, classic_ports: bool, taken: set[int]) -> tuple:
+    rest = _pick_port(CLASSIC_REST_PORT if classic_ports else None, taken)
+    gateway = ServiceSpec(
+        name=GATEWAY_NAME,
+        kind="gateway",
+        ports={"rest": rest, "metrics": _pick_port(None, taken)},
+        home=str(directory / GATEWAY_NAME),
+        options={"upstream": upstream, "upstream_timeout": DEFAULT_UPSTREAM_TIMEOUT},
+    )
+    client = ServiceSpec(
+        name=CLIENT_NAME,
+        kind="client",
+        ports={},
+        home=str(directory / CLIENT_NAME),
+        options={"gateway": GATEWAY_NAME, "rate": DEFAULT_CLIENT_RATE, "seed": seed,
+                 "concurrency": DEFAULT_CLIENT_CONCURRENCY},
+    )
+    return gateway, client
 
 
 def _pick_port(wanted: int | None, taken: set[int]) -> int:

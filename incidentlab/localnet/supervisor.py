@@ -1,14 +1,14 @@
-"""Start, stop and watch the embedded localnet's validator processes on 127.0.0.1 (Linux, standard library only).
+"""Start, stop and watch the embedded localnet's processes on 127.0.0.1 (Linux, standard library only).
 
-Each validator runs under its own shim (incidentlab.localnet.shim) in a new session, so the
-localnet outlives the Python process that started it. Process state comes from /proc.
+Each validator, the API gateway and the client load run under their own shim
+(incidentlab.localnet.shim) in a new session, so the localnet outlives the Python process that
+started it. Process state comes from /proc.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import logging
 import os
 import signal
@@ -16,14 +16,14 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 from typing import Callable
 
 from .._fileio import read_json, write_json_atomic
 from ..config import LabConfig
 from ..errors import LocalnetError, TargetNotFound, TargetStateError
-from .network import Network, ValidatorSpec, create_network, load_network
+from .network import Network, ServiceSpec, ValidatorSpec, create_network, load_network
+from .services import endpoint_text, is_ready, kind_of, ready_check_text, service_command, status_entry
 from .shim import ZERO_TIME, format_timestamp
 
 __all__ = [
@@ -37,12 +37,12 @@ SHIM_MODULE = "incidentlab.localnet.shim"
 ACTIVE_STATUSES = ("running", "paused")
 #: Seconds between two looks at a state file or a /health endpoint.
 POLL_INTERVAL = 0.05
-#: Seconds a validator has to respond to GET /health after start. Start-up does not get
-#: faster with time_scale, so only part of the budget is scaled, up to MAX_HEALTH_TIMEOUT.
+#: Seconds a validator has to respond to GET /health after start (the gateway to GET /metrics).
+#: Start-up does not get faster with time_scale, so only part of the budget is scaled, up to
+#: MAX_HEALTH_TIMEOUT.
 HEALTH_TIMEOUT_BASE = 10.0
 HEALTH_TIMEOUT_SCALED = 20.0
 MAX_HEALTH_TIMEOUT = 30.0
-HEALTH_REQUEST_TIMEOUT = 0.5
 PORT_RELEASE_TIMEOUT = 1.0
 #: Tries to start a localnet created by the same call, each with newly picked ports.
 FRESH_PORT_ATTEMPTS = 3
@@ -68,16 +68,20 @@ def validator_command(spec: ValidatorSpec, network_path: str | os.PathLike) -> l
 
 
 class Localnet:
-    """The embedded localnet of one lab home: network file, shims, validators.
+    """The embedded localnet of one lab home: network file, shims, validators and other services.
 
     ``command_factory(spec)`` returns the command of one validator; the default runs
     ``python -m incidentlab.localnet.validator``. Tests pass a stand-in with the same interface.
+    The gateway and the client always run their own modules. ``with_services`` gives a new
+    network file the gateway and the client; an existing file keeps what it has.
     Timeouts are in seconds before scaling and are multiplied by ``config.time_scale``.
     """
 
-    def __init__(self, config: LabConfig, *, command_factory: Callable[[ValidatorSpec], list[str]] | None = None):
+    def __init__(self, config: LabConfig, *, command_factory: Callable[[ValidatorSpec], list[str]] | None = None,
+                 with_services: bool = True):
         self.config = config
         self.command_factory = command_factory or (lambda spec: validator_command(spec, self.network_path))
+        self.with_services = with_services
 
     @property
     def network_path(self) -> Path:
@@ -97,12 +101,12 @@ class Localnet:
         return load_network(self.network_path)
 
     def up(self) -> list[dict]:
-        """Create the localnet when needed, start every validator and wait for /health.
+        """Create the localnet when needed, start every validator and wait for /health, then the other services.
 
         Returns services(). When a validator is already running or paused, the localnet
-        counts as up and nothing is started. When a validator does not become healthy,
+        counts as up and nothing is started. When a process does not become ready,
         everything this call started is stopped again. Then LocalnetError is raised with
-        the validator's name, its port and its last log lines.
+        the process's name, its port and its last log lines.
         """
         with self._locked("up"):
             fresh = self.network() is None
@@ -128,66 +132,64 @@ class Localnet:
     def _start_all(self, network: Network, check_timeout: float) -> None:
         started: list[str] = []
         try:
-            for spec in network.validators:
+            for spec in network.specs:
                 _check_ports_free(spec, self.network_path, check_timeout)
-            for spec in network.validators:
-                started.append(spec.name)
-                self._spawn(spec, self.command_factory(spec))
-            self._wait_healthy(network.validators)
+            # The gateway and the client start once the validators respond, so that the client's
+            # first requests are not counted as errors.
+            for group in (network.validators, network.services):
+                for spec in group:
+                    started.append(spec.name)
+                    self._spawn(spec, self._command(spec))
+                self._wait_healthy(group)
         except BaseException:
             self._stop_many(started, grace=0)
             raise
 
     def down(self, timeout: float | None = None) -> list[dict]:
-        """Stop every validator: SIGTERM, then SIGKILL after the grace period. Idempotent.
+        """Stop every process of the localnet: SIGTERM, then SIGKILL after the grace period. Idempotent.
 
         Takes the grace period in seconds before time scaling. The default is 10 s like
         `docker stop`, scaled but never under 5 s. Returns services(). Raises LocalnetError
-        when a validator still runs after SIGKILL.
+        when a process still runs after SIGKILL.
         """
         with self._locked("down"):
             network = self.network()
             if network is None:
                 return []
             grace = self._grace(timeout) if timeout is not None else max(self._grace(None), MIN_DOWN_GRACE)
-            self._stop_many([spec.name for spec in network.validators], grace)
+            self._stop_many([spec.name for spec in network.specs], grace)
             logger.info("localnet down in %s", self.config.localnet_dir)
         return self.services()
 
     def is_up(self) -> bool:
-        """Return True when at least one validator is running or paused."""
+        """Return True when at least one process of the localnet is running or paused."""
         return any(service["status"] in ACTIVE_STATUSES for service in self.services())
 
     def services(self) -> list[dict]:
-        """Return one dict per validator, shaped for `incidentlab lab status --json`."""
+        """Return one dict per process, validators first, shaped for `incidentlab lab status --json`.
+
+        See services.status_entry() for the keys of each kind.
+        """
         network = self.network()
         if network is None:
             return []
         services = []
-        for spec in network.validators:
+        for spec in network.specs:
             state = self.state(spec.name)
             active = state["status"] in ACTIVE_STATUSES
-            services.append({
-                "name": spec.name,
-                "kind": "validator",
-                "status": state["status"],
-                "pid": state["pid"] if active else 0,
-                "rpc": spec.rpc_url,
-                "metrics": spec.metrics_url,
-                "p2p": spec.p2p_url,
-                "started_at": state["started_at"],
-                "finished_at": state["finished_at"],
-                "exit_code": state["exit_code"],
-            })
+            services.append(status_entry(
+                spec, status=state["status"], pid=state["pid"] if active else 0, started_at=state["started_at"],
+                finished_at=state["finished_at"], exit_code=state["exit_code"],
+            ))
         return services
 
     def state(self, name: str) -> dict:
-        """Return the recorded state of one validator, checked against the live process.
+        """Return the recorded state of one process (validator or other service), checked against the live process.
 
         The dict has the shim's fields (name, pid, shim_pid, status, started_at, finished_at,
         exit_code, oom_killed, error, command, log) plus ``ports``. Status is created, running,
-        paused (the process is stopped by a signal: /proc state T or t) or exited. A validator
-        whose shim died is reported exited with code 137 once its process is gone, and this
+        paused (the process is stopped by a signal: /proc state T or t) or exited. A process
+        whose shim died is reported exited with code 137 once it is gone, and this
         finding is written back to the state file. Raises TargetNotFound for an unknown name.
         """
         spec = self._spec(name)
@@ -217,7 +219,7 @@ class Localnet:
             status="exited",
             finished_at=format_timestamp(),
             exit_code=LOST_SHIM_EXIT_CODE,
-            error=f"shim pid {state['shim_pid']} was lost and validator pid {state['pid']} is gone; "
+            error=f"shim pid {state['shim_pid']} was lost and {kind_of(spec)} pid {state['pid']} is gone; "
             "its exit status is unknown and reported as 137",
         )
         write_json_atomic(path, {k: v for k, v in state.items() if k != "ports"})
@@ -225,10 +227,10 @@ class Localnet:
         return state
 
     def start_service(self, name: str) -> dict:
-        """Start one stopped validator again with the same command, data and ports.
+        """Start one stopped process (validator or other service) again with the same command, data and ports.
 
-        Returns its state. A running or paused validator is left as it is. Raises
-        LocalnetError when it does not become healthy (it is stopped again first) and
+        Returns its state. A running or paused process is left as it is. Raises
+        LocalnetError when it does not become ready (it is stopped again first) and
         TargetNotFound for an unknown name.
         """
         with self._locked(f"start {name}"):
@@ -237,7 +239,7 @@ class Localnet:
                 return state
             spec = self._spec(name)
             _check_ports_free(spec, self.network_path)
-            command = state.get("command") or self.command_factory(spec)
+            command = state.get("command") or self._command(spec)
             try:
                 self._spawn(spec, command)
                 self._wait_healthy([spec])
@@ -247,19 +249,19 @@ class Localnet:
         return self.state(name)
 
     def stop_service(self, name: str, timeout: float | None = None) -> dict:
-        """Stop one validator like `docker stop`: SIGTERM, then SIGKILL after ``timeout`` seconds.
+        """Stop one process like `docker stop`: SIGTERM, then SIGKILL after ``timeout`` seconds.
 
         The timeout is in seconds before time scaling (default 10). Returns the new state;
-        a validator that is not running is left as it is.
+        a process that is not running is left as it is.
         """
         with self._locked(f"stop {name}"):
             self._stop_many([name], self._grace(timeout))
         return self.state(name)
 
     def signal_service(self, name: str, signum: int) -> dict:
-        """Send ``signum`` to a running or paused validator after checking that its pid is still ours.
+        """Send ``signum`` to a running or paused process after checking that its pid is still ours.
 
-        Returns the state read before the signal. Raises TargetStateError when the validator
+        Returns the state read before the signal. Raises TargetStateError when the process
         is not running and TargetNotFound for an unknown name.
         """
         state = self.state(name)
@@ -273,12 +275,17 @@ class Localnet:
 
     # -- private helpers ----------------------------------------------------------------
 
-    def _spec(self, name: str) -> ValidatorSpec:
+    def _spec(self, name: str) -> ValidatorSpec | ServiceSpec:
         network = self.network()
-        names = [spec.name for spec in network.validators] if network else []
-        if name not in names:
-            raise TargetNotFound(name, names)
-        return network.validator(name)
+        specs = {spec.name: spec for spec in network.specs} if network else {}
+        if name not in specs:
+            raise TargetNotFound(name, list(specs))
+        return specs[name]
+
+    def _command(self, spec: ValidatorSpec | ServiceSpec) -> list[str]:
+        if kind_of(spec) == "validator":
+            return self.command_factory(spec)
+        return service_command(spec, self.network_path)
 
     def _ensure_network(self) -> Network:
         self.config.ensure_home()
@@ -290,6 +297,7 @@ class Localnet:
                 validators=self.config.validators,
                 time_scale=self.config.time_scale,
                 classic_ports=self.config.classic_ports,
+                with_services=self.with_services,
             )
         recorded = (len(network.validators), network.chain_id, network.time_scale)
         configured = (self.config.validators, self.config.chain_id, self.config.time_scale)
@@ -308,7 +316,7 @@ class Localnet:
         except ValueError as exc:
             raise LocalnetError(f"state file {path} is not valid JSON ({exc}); stop the localnet and delete the file") from exc
 
-    def _spawn(self, spec: ValidatorSpec, command: list[str]) -> dict:
+    def _spawn(self, spec: ValidatorSpec | ServiceSpec, command: list[str]) -> dict:
         state_path = self.run_dir / f"{spec.name}.json"
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.config.logs_dir.mkdir(parents=True, exist_ok=True)
@@ -316,7 +324,7 @@ class Localnet:
         shim = [sys.executable, "-m", SHIM_MODULE, "--state", str(state_path),
                 "--log", str(self.log_path(spec.name)), "--name", spec.name, "--", *command]
 
-        # The shim's own errors (never the validator's output) go to NAME.shim.err.
+        # The shim's own errors (never the service's output) go to NAME.shim.err.
         with open(self.run_dir / f"{spec.name}.shim.err", "ab") as shim_errors:
             process = subprocess.Popen(
                 shim, stdin=subprocess.DEVNULL, stdout=shim_errors, stderr=shim_errors,
@@ -334,7 +342,7 @@ class Localnet:
                 f"the shim of {spec.name} (pid {process.pid}) {outcome} but recorded no state in "
                 f"{state_path} within {SHIM_RECORD_TIMEOUT:.0f} s. Last lines of {errors_path}:\n{errors}"
             )
-        logger.info("started %s pid=%d shim_pid=%d rpc=%s", spec.name, state["pid"], process.pid, spec.rpc_url)
+        logger.info("started %s pid=%d shim_pid=%d %s", spec.name, state["pid"], process.pid, endpoint_text(spec))
         return state
 
     def _wait_healthy(self, specs) -> None:
@@ -345,22 +353,22 @@ class Localnet:
             for spec in list(pending):
                 state = self.state(spec.name)
                 if state["status"] == "exited":
-                    raise self._start_error(spec, state, f"exited with code {state['exit_code']} before it responded to")
-                if _health_ok(spec.rpc_url):
+                    raise self._start_error(spec, state, f"exited with code {state['exit_code']} before it was ready")
+                if is_ready(spec, state["pid"]):
                     pending.remove(spec)
             if pending and time.monotonic() > deadline:
                 spec = pending[0]
-                raise self._start_error(spec, self.state(spec.name), f"did not respond within {timeout:.1f} s to")
+                raise self._start_error(spec, self.state(spec.name), f"was not ready within {timeout:.1f} s")
             if pending:
                 time.sleep(POLL_INTERVAL)
 
-    def _start_error(self, spec: ValidatorSpec, state: dict, failure: str) -> LocalnetError:
+    def _start_error(self, spec: ValidatorSpec | ServiceSpec, state: dict, failure: str) -> LocalnetError:
         log_path = self.log_path(spec.name)
         lines = "\n".join(tail_lines(log_path, LOG_LINES_IN_ERRORS)) or "(empty)"
         error = f" ({state['error']})" if state.get("error") else ""
         return LocalnetError(
-            f"validator {spec.name} (pid {state['pid']}) {failure} GET {spec.rpc_url}/health on port "
-            f"{spec.ports['rpc']}{error}. Last lines of {log_path}:\n{lines}\n"
+            f"{kind_of(spec)} {spec.name} (pid {state['pid']}) {failure}{ready_check_text(spec)}{error}. "
+            f"Last lines of {log_path}:\n{lines}\n"
             "The log above shows why it failed. If another program uses the port, stop that program."
         )
 
@@ -388,7 +396,7 @@ class Localnet:
         if not wait_until(exited, SHIM_RECORD_TIMEOUT):
             left = [name for name in running if self.state(name)["status"] != "exited"]
             raise LocalnetError(
-                f"validators {', '.join(left)} are still running {SHIM_RECORD_TIMEOUT:.0f} s after SIGKILL; "
+                f"processes still running {SHIM_RECORD_TIMEOUT:.0f} s after SIGKILL: {', '.join(left)}; "
                 f"look for them with `ps` and read their logs in {self.config.logs_dir}"
             )
 
@@ -482,7 +490,7 @@ def _is_our_process(pid: int, command: list[str]) -> bool:
     return [part.decode("utf-8", "surrogateescape") for part in raw.split(b"\0")[:-1]] == list(command)
 
 
-def _created_state(spec: ValidatorSpec, log_path: Path) -> dict:
+def _created_state(spec: ValidatorSpec | ServiceSpec, log_path: Path) -> dict:
     return {
         "name": spec.name, "pid": 0, "shim_pid": 0, "status": "created",
         "started_at": ZERO_TIME, "finished_at": ZERO_TIME, "exit_code": 0, "oom_killed": False,
@@ -496,8 +504,8 @@ def port_conflict(error: Exception) -> bool:
     return "is in use" in text or "Address already in use" in text
 
 
-def _check_ports_free(spec: ValidatorSpec, network_path: Path, timeout: float | None = None) -> None:
-    # A validator that was just killed may hold its sockets for a moment after /proc stops
+def _check_ports_free(spec: ValidatorSpec | ServiceSpec, network_path: Path, timeout: float | None = None) -> None:
+    # A process that was just killed may hold its sockets for a moment after /proc stops
     # showing its command line, so a busy port gets a short time to be released.
     if wait_until(lambda: _busy_port(spec) is None, PORT_RELEASE_TIMEOUT if timeout is None else timeout):
         return
@@ -509,7 +517,7 @@ def _check_ports_free(spec: ValidatorSpec, network_path: Path, timeout: float | 
     )
 
 
-def _busy_port(spec: ValidatorSpec) -> tuple[str, int, str] | None:
+def _busy_port(spec: ValidatorSpec | ServiceSpec) -> tuple[str, int, str] | None:
     for kind, port in spec.ports.items():
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -518,16 +526,6 @@ def _busy_port(spec: ValidatorSpec) -> tuple[str, int, str] | None:
             except OSError as exc:
                 return kind, port, exc.strerror or str(exc)
     return None
-
-
-def _health_ok(rpc_url: str) -> bool:
-    # No proxy: the request must reach the validator on loopback, even when http_proxy is set.
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    try:
-        with opener.open(f"{rpc_url}/health", timeout=HEALTH_REQUEST_TIMEOUT) as response:
-            return response.status == 200 and "result" in json.loads(response.read())
-    except (OSError, ValueError, TypeError):
-        return False
 
 
 def _child_environment() -> dict:
