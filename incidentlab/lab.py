@@ -266,7 +266,7 @@ class Lab:
         from .probes.rpc import CometBFTClient
 
         if self._rpc is None:
-            first = self.status()["services"][0]
+            first = next(s for s in self.status()["services"] if s["kind"] == "validator")
             self._rpc = CometBFTClient(first["rpc"], timeout=self.probe_timeout)
         return self._rpc
 
@@ -275,10 +275,11 @@ class Lab:
         from .probes.rpc import CometBFTClient
 
         for service in self.status()["services"]:
-            if service["name"] == name:
+            if service["name"] == name and "rpc" in service:
                 return CometBFTClient(service["rpc"], timeout=self.probe_timeout)
         self.backend.inspect(name)  # raises TargetNotFound with the known names
-        raise ScenarioError(f"target {name!r} has no RPC endpoint")
+        raise ScenarioError(f"target {name!r} has no CometBFT RPC endpoint; only validators have one "
+                            f"({', '.join(self.validators())})")
 
     @property
     def probe_timeout(self) -> float:
@@ -348,7 +349,7 @@ class Lab:
         """
         from .probes.http import sample_http
 
-        url = url or self.status()["services"][0]["rpc"] + "/status"
+        url = url or self.endpoints()[self.validators()[0]] + "/status"
         interval = self.block_time if interval is None else interval
         return sample_http(url, count=count, interval=interval, timeout=self.probe_timeout)
 

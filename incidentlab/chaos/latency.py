@@ -48,6 +48,9 @@ class Latency(Fault):
     def __init__(self, lab: "Lab", target: str, *, delay: float = 0.1, jitter: float = 0.0,
                  method: str = "proxy", duration: float | None = None, **options: Any) -> None:
         super().__init__(lab, target, **options)
+        if method == "proxy" and target not in lab.validators():
+            raise ConfigError(f"latency through the proxy works on validators ({', '.join(lab.validators())}), "
+                              f"not on {target!r}; pause or stop it instead")
         if isinstance(delay, bool) or not isinstance(delay, (int, float)) or not 0 < delay <= 60:
             raise ConfigError(f"delay={delay!r} is out of range; give seconds from 0.001 to 60, like 0.1 for 100 ms")
         if isinstance(jitter, bool) or not isinstance(jitter, (int, float)) or not 0 <= jitter <= delay:

@@ -14,10 +14,13 @@ __all__ = ["create", "SCENARIOS", "NOTEBOOKS"]
 
 #: Scenario id -> (module, class name).
 SCENARIOS = {
+    "high-error-rate": ("high_error_rate", "HighErrorRate"),
     "node-down": ("node_down", "NodeDown"),
 }
 #: Scenario id -> notebook file under notebooks/.
 NOTEBOOKS = {
+    "lab-setup": "00-lab-setup.ipynb",
+    "high-error-rate": "01-high-error-rate.ipynb",
     "node-down": "02-node-down.ipynb",
 }
 

@@ -1,0 +1,85 @@
+"""The high-error-rate simulation on real processes: 504s during the pause cycle, all 200 after halt."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from incidentlab import Lab
+from incidentlab.errors import ConfigError
+
+ANSWERS = Path(__file__).resolve().parent.parent / "data" / "answers"
+
+
+@pytest.fixture
+def lab(tmp_path):
+    lab = Lab.connect("local", home=tmp_path / "lab", time_scale=0.1)
+    try:
+        yield lab
+    finally:
+        lab.down()
+
+
+def test_pause_cycle_causes_504_and_halt_fixes(lab):
+    sim = lab.simulation("high-error-rate", seed=7, mode="batch", answers_path=ANSWERS / "high-error-rate-seed-7.yaml")
+    sim.inject()
+    codes = lab.http_status(lab.gateway_url() + "/rpc/status", count=20)["code"].tolist()
+    assert 504 in codes
+    assert 200 in codes  # intermittent: the node runs between pauses
+    assert "paused" in lab.state_history(count=15)["virtengine-node-0"].tolist()
+    sim.acknowledge()
+    sim.triage()
+    sim.remediate()
+    verification = sim.verify()
+    assert verification.ok, verification
+    report = sim.report()
+    impact = report.record["impact"]
+    assert impact["requests failed with 5xx"] > 0
+    assert 0 < impact["error ratio during the incident"] < 1
+    assert [e.data.get("action") for e in sim.incident.timeline if e.kind == "action"] == ["halt"]
+    assert sim.close() == []
+
+
+def test_unfixed_error_rate_is_not_verified(lab):
+    sim = lab.simulation("high-error-rate", seed=2)
+    sim.inject()
+    try:
+        verification = sim.verify(timeout=1.0)
+        assert not verification.ok
+        assert "pause cycle stopped" in set(verification.checks.loc[~verification.checks["ok"], "check"])
+    finally:
+        assert sim.close() == ["stopped the pause cycle on virtengine-node-0"]
+    assert lab.inspect("virtengine-node-0")["Status"] == "running"
+
+
+def test_unknown_variant_rejected(lab):
+    with pytest.raises(ConfigError, match="variant='forever'"):
+        lab.simulation("high-error-rate", variant="forever")
+
+
+def test_prometheus_returns_error_spike(lab):
+    import os
+    import shutil
+    import time
+
+    if shutil.which("prometheus") is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("prometheus is not installed; CI must run this: run `bash .ci/prometheus-setup.sh`")
+        pytest.skip("prometheus is not installed (apt-get install -y prometheus)")
+    lab.monitor.start_prometheus()
+    sim = lab.simulation("high-error-rate", seed=2)
+    sim.inject()
+    try:
+        deadline = time.monotonic() + 30
+        spike = lab.error_increase()
+        while spike["5xx"].iloc[0] == 0 and time.monotonic() < deadline:
+            time.sleep(0.5)
+            spike = lab.error_increase()
+        assert spike["source"].iloc[0] == "prometheus"
+        assert spike["5xx"].iloc[0] > 0
+        errors = lab.query('increase(http_requests_total{code=~"5.."}[6s])')
+        assert not errors.empty
+        assert set(errors["code"]) <= {"502", "504", "500", "503"}
+    finally:
+        sim.close()
