@@ -104,6 +104,25 @@ class Lab:
             self._monitor = LabMonitor(self)
         return self._monitor
 
+    def start_monitoring(self) -> "pd.DataFrame":
+        """Start Prometheus where it is installed, and the lab's own scraper and alert evaluation.
+
+        Returns a table saying what runs. Queries and alerts use Prometheus when it runs, and
+        the lab's own scrapes otherwise, so the exercises work either way.
+        """
+        import pandas as pd
+
+        from .monitoring.prometheus_server import prometheus_binary
+
+        rows = []
+        if prometheus_binary():
+            rows.append({"component": "Prometheus", "status": f"running at {self.monitor.start_prometheus().url}"})
+        else:
+            rows.append({"component": "Prometheus", "status": "not installed: the lab's own scrapes answer instead"})
+        self.alerts(source="embedded")
+        rows.append({"component": "embedded scraper", "status": f"scraping {len(self.monitor.scraper().targets)} targets"})
+        return pd.DataFrame(rows)
+
     def alerts(self, source: str = "auto") -> "pd.DataFrame":
         """Return the pending and firing alerts (alertname, state, severity, target, value, ...).
 

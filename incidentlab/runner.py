@@ -95,6 +95,7 @@ def run_notebook(notebook: str, parameters: dict[str, Any] | None = None, *, hom
         error = f"cell {exc.exec_count}: {exc.ename}: {exc.evalue}"
     finally:
         if not (was_up or keep_up):
+            _stop_prometheus(home_path)
             backend.down()
     record = read_report(output_path)
     report_path = None
@@ -115,6 +116,15 @@ def read_report(notebook_path: str | Path) -> dict | None:
             if REPORT_MIME in data:
                 found = data[REPORT_MIME]
     return found
+
+
+def _stop_prometheus(home: Path) -> None:
+    """Stop the Prometheus that a notebook started for this lab home, if any."""
+    from .monitoring.prometheus_server import PrometheusServer
+
+    server = PrometheusServer.attach(home)
+    if server is not None and server.is_running():
+        server.stop()
 
 
 def _check_names(path: Path, parameters: dict) -> None:

@@ -168,7 +168,11 @@ def _normalise(frame: "pd.DataFrame") -> "pd.DataFrame":
 
     if frame.empty:
         return pd.DataFrame(columns=ALERT_COLUMNS)
-    target = frame.get("instance", frame.get("chain_id", pd.Series([None] * len(frame))))
+    # The alert's series names its target by instance, else by job (ratios summed per job) or chain.
+    target = pd.Series([None] * len(frame), index=frame.index)
+    for label in ("chain_id", "job", "instance"):
+        if label in frame:
+            target = frame[label].where(frame[label].notna(), target)
     result = pd.DataFrame({
         "alertname": frame["alertname"], "state": frame["state"], "severity": frame.get("severity"),
         "target": target, "value": pd.to_numeric(frame.get("value"), errors="coerce"),
