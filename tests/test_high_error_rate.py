@@ -83,3 +83,23 @@ def test_prometheus_returns_error_spike(lab):
         assert set(errors["code"]) <= {"502", "504", "500", "503"}
     finally:
         sim.close()
+
+
+def test_embedded_scraper_sees_error_spike_without_prometheus(lab):
+    import time
+
+    assert lab.monitor.prometheus() is None
+    lab.alerts(source="embedded")  # starts the lab's own scraper before the incident
+    sim = lab.simulation("high-error-rate", seed=2)
+    sim.inject()
+    try:
+        deadline = time.monotonic() + 30
+        spike = lab.error_increase()
+        while spike["5xx"].iloc[0] == 0 and time.monotonic() < deadline:
+            time.sleep(0.5)
+            spike = lab.error_increase()
+        assert spike["source"].iloc[0] == "embedded scraper"
+        assert spike["5xx"].iloc[0] > 0
+        assert 0 < spike["error_ratio"].iloc[0] <= 1
+    finally:
+        sim.close()
