@@ -152,8 +152,22 @@ class Lab:
     # -- targets -----------------------------------------------------------------------
 
     def targets(self) -> "pd.DataFrame":
-        """Return the lab's targets as a table like ``docker ps -a``."""
-        return self.backend.targets()
+        """Return the lab's targets as a table like ``docker ps -a``.
+
+        While a latency fault routes a validator through a proxy, its PORTS show the proxy's RPC
+        port, the one clients reach it through, as ``lab status --json`` does.
+        """
+        from .localnet.routes import read_routes
+
+        table = self.backend.targets()
+        for name, route in read_routes(self.config.localnet_dir).items():
+            spec = self.backend.network().validator(name) if name in self.validators() else None
+            if spec is None or "rpc" not in route:
+                continue
+            rows = table["NAME"] == name
+            table.loc[rows, "PORTS"] = table.loc[rows, "PORTS"].str.replace(
+                f"127.0.0.1:{spec.ports['rpc']}->rpc", f"127.0.0.1:{route['rpc']}->rpc (via latency proxy)", regex=False)
+        return table
 
     def inspect(self, name: str) -> dict:
         """Return a target's State like ``docker inspect --format '{{json .State}}'``."""

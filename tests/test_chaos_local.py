@@ -234,6 +234,8 @@ def test_latency_proxy_adds_delay_and_reverts(lab):
     direct = median_latency(lab.endpoints()[TARGET])
     with lab.fault("latency", TARGET, delay=0.05) as fault:
         routed_url = lab.endpoints()[TARGET]
+        ports = lab.targets().set_index("NAME").loc[TARGET, "PORTS"]
+        assert f"{routed_url.split(':')[-1]}->rpc (via latency proxy)" in ports
         assert routed_url != lab.status()["services"][2]["direct_rpc"]
         # Both directions are delayed, so a round trip gains about twice the delay.
         assert median_latency(routed_url) - direct >= 0.09
