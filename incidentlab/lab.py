@@ -207,11 +207,13 @@ class Lab:
             if "rpc" in route:
                 service["direct_rpc"] = service["rpc"]
                 service["rpc"] = f"http://127.0.0.1:{route['rpc']}"
+        prometheus = self.monitor.prometheus()
         return {
             "backend": self.backend.name,
             "chain_id": network.chain_id if network else self.config.chain_id,
             "home": str(self.config.home),
             "time_scale": network.time_scale if network else self.config.time_scale,
+            "prometheus": prometheus.url if prometheus is not None else None,
             "services": services,
         }
 

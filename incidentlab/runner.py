@@ -12,7 +12,7 @@ from typing import Any
 
 from .config import LabConfig, default_home
 from .errors import ConfigError
-from .scenarios import NOTEBOOKS
+from .scenarios import NOTEBOOKS, SCENARIOS
 
 __all__ = ["run_notebook", "RunResult", "read_report", "resolve_notebook"]
 
@@ -65,7 +65,8 @@ def run_notebook(notebook: str, parameters: dict[str, Any] | None = None, *, hom
     home_path = Path(home).expanduser().resolve() if home else default_home()
     _check_names(path, parameters or {})
     params = {**RUN_DEFAULTS, **{k: _convert(v) for k, v in (parameters or {}).items()}}
-    if scenario and not params.get("answers_path") and params["mode"] == "batch":
+    # Only simulations have decisions to read; the lab-setup notebook has none.
+    if scenario in SCENARIOS and not params.get("answers_path") and params["mode"] == "batch":
         params["answers_path"] = str(_example_answers(scenario, params["seed"]))
     if params.get("answers_path"):
         # The kernel runs in the notebook's folder, so a path relative to the caller must be made absolute.

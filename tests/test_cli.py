@@ -95,3 +95,10 @@ def test_run_node_down_writes_report(home):
     # The run started the localnet itself, so it stopped it afterwards.
     status = json.loads(incidentlab(home, "lab", "status", "--json").stdout)
     assert {s["status"] for s in status["services"]} == {"exited"}
+
+
+@pytest.mark.notebook
+def test_run_lab_setup_needs_no_answers(home):
+    result = incidentlab(home, "run", "lab-setup", "-p", "time_scale", "0.1", "-p", "backend", "local", timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "executed notebook" in result.stdout

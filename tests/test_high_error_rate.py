@@ -103,3 +103,16 @@ def test_embedded_scraper_sees_error_spike_without_prometheus(lab):
         assert 0 < spike["error_ratio"].iloc[0] <= 1
     finally:
         sim.close()
+
+
+def test_gateway_error_series_exist_before_any_error(lab):
+    """Prometheus's increase() skips a series' first sample, so the 5xx series start at zero."""
+    import requests
+    from prometheus_client.parser import text_string_to_metric_families
+
+    url = next(s["metrics"] for s in lab.status()["services"] if s["kind"] == "gateway")
+    samples = [sample for family in text_string_to_metric_families(requests.get(url, timeout=5).text)
+               for sample in family.samples if sample.name == "http_requests_total"]
+    codes = {sample.labels["code"] for sample in samples}
+    assert {"502", "504"} <= codes
+    assert all(s.value == 0 for s in samples if s.labels["code"] in ("502", "504"))

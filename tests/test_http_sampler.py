@@ -36,5 +36,5 @@ def test_sampler_rejects_bad_values():
         sample_http("http://127.0.0.1:1/status", count=0)
     with pytest.raises(ConfigError, match="interval=-1"):
         sample_http("http://127.0.0.1:1/status", interval=-1)
-    with pytest.raises(ConfigError, match="not a loopback URL"):
+    with pytest.raises(ConfigError, match="not an http:// URL on 127.0.0.1"):
         sample_http("http://example.com/status", count=1)

@@ -167,7 +167,7 @@ class Incident:
         """Set the status and record a status_changed event. Raises RecordError for an unknown status."""
         _check_status(status)
         previous, self.status = self.status, status
-        message = f"{status} (was {previous})"
+        message = f"{status} (was {previous})" if previous != status else status
         return self.add_event("status_changed", source, message, time, status=status, previous=previous)
 
     def first(self, kind: str, after: _dt.datetime | None = None, **match: Any) -> TimelineEvent | None:

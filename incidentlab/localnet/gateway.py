@@ -45,6 +45,8 @@ RPC_METHODS = frozenset({
     "header", "header_by_hash", "health", "net_info", "num_unconfirmed_txs", "status", "tx", "tx_search",
     "unconfirmed_txs", "validators",
 })
+#: Status codes whose http_requests_total series exist from the start, at zero.
+INITIAL_CODES = ("200", "502", "504")
 #: Floor of the upstream timeout after time scaling, in seconds: a healthy validator responds
 #: within a few milliseconds, but a loaded machine needs some slack.
 MIN_UPSTREAM_TIMEOUT = 0.2
@@ -159,6 +161,12 @@ class Gateway:
         self.durations = self.registry.register(Histogram(
             "http_request_duration_seconds", "Time the gateway took to answer a request, by method and route.",
             DURATION_BUCKETS))
+        # Create the series of the codes an upstream failure produces at zero. Prometheus's
+        # increase() never counts a series' first sample, so a 504 series born mid-incident
+        # would lose its first burst of errors.
+        for handler in (ROUTE_SYNCING, ROUTE_NODE_INFO, ROUTE_LATEST_BLOCK, f"{RPC_PREFIX}status"):
+            for code in INITIAL_CODES:
+                self.requests.inc(0, code=code, method="GET", handler=handler)
         # The last error logged per route, so that a repeated error is logged once, not per request.
         self._route_errors: dict[str, str] = {}
 

@@ -117,6 +117,8 @@ class LabMonitor:
         import pandas as pd
 
         window = window if window is not None else max(2.0, 60 * self.lab.config.time_scale)
+        if isinstance(window, bool) or not isinstance(window, (int, float)) or not 0 < window <= 86400:
+            raise ConfigError(f"window={window!r} is out of range; give seconds above 0, at most 86400")
         span = f"{round(window * 1000)}ms"
         if self.prometheus() is not None:
             client = self.client()

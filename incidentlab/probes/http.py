@@ -55,7 +55,8 @@ def sample_http(url: str, *, count: int = 10, interval: float = 1.0, timeout: fl
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 300:
             raise ConfigError(f"{name}={value!r} is out of range; give seconds above 0, at most 300")
     if not url.startswith(("http://127.0.0.1:", "http://localhost:")):
-        raise ConfigError(f"url={url!r} is not a loopback URL; the lab probes only http://127.0.0.1:PORT/...")
+        raise ConfigError(f"url={url!r} is not an http:// URL on 127.0.0.1 or localhost; the lab probes only "
+                          "its own services, like http://127.0.0.1:PORT/...")
 
     rows = []
     started = time.monotonic()

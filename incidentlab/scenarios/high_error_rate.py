@@ -51,7 +51,8 @@ class HighErrorRate(Simulation):
             "running": running,
             "expected_severity": "SEV-2",
             "expected_category": "container or orchestration",
-            "summary": f"{UPSTREAM} is paused for {paused} s and runs for {running} s, in a loop",
+            "summary": f"{UPSTREAM} is paused for {paused * self.lab.config.time_scale:g} s and runs for "
+                       f"{running * self.lab.config.time_scale:g} s, in a loop",
         }
 
     def apply_fault(self) -> None:
@@ -92,7 +93,7 @@ class HighErrorRate(Simulation):
             sum(v for code, v in self.counts_before.items() if code.startswith("5"))
         by_code = {code: after.get(code, 0) - self.counts_before.get(code, 0) for code in sorted(after)}
         return {
-            "requests served by the gateway": int(total),
+            "requests served by the gateway (client load and probes)": int(total),
             "requests failed with 5xx": int(errors),
             "error ratio during the incident": round(errors / total, 3) if total else 0.0,
             "responses by status code": ", ".join(f"{code}: {int(n)}" for code, n in by_code.items() if n),
