@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .config import BACKENDS, LabConfig, default_home
-from .errors import ConfigError, ProbeError, ScenarioError
+from .errors import ConfigError, ScenarioError
 
 if TYPE_CHECKING:
     import pandas as pd

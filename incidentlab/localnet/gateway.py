@@ -16,12 +16,13 @@ import sys
 import threading
 import time
 import urllib.parse
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 from . import cosmos_rest
 from .metrics import Counter, Histogram, Registry
 from .network import DEFAULT_UPSTREAM_TIMEOUT, Network, ServiceSpec, ValidatorSpec, load_network
+from .httpserver import ServiceHTTPServer
 from .routes import RouteCache
 
 __all__ = ["Gateway", "Upstream", "UpstreamError", "upstream_timeout", "watch_network_file", "main"]
@@ -299,19 +300,8 @@ def _load_gateway(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
         parser.error(str(exc))
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
+class _Server(ServiceHTTPServer):
     gateway: Gateway
-
-    def handle_error(self, request, client_address) -> None:
-        # A client whose timeout is shorter than a slow upstream closes its socket before the
-        # response is written. That is expected, so it gets one log line rather than a traceback.
-        error = sys.exc_info()[1]
-        if isinstance(error, (BrokenPipeError, ConnectionResetError)):
-            logger.debug("client %s disconnected before the response: %s", client_address, error)
-            return
-        super().handle_error(request, client_address)
 
 
 class _Handler(BaseHTTPRequestHandler):

@@ -285,7 +285,7 @@ def _service_specs(directory: Path, upstream: str, seed: int, classic_ports: boo
 
 
 def _pick_port(wanted: int | None, taken: set[int]) -> int:
-    if wanted and wanted not in taken and _port_is_free(wanted):
+    if wanted and wanted not in taken and port_is_free(wanted):
         taken.add(wanted)
         return wanted
     # Ports come from below the kernel's ephemeral range: a port inside it can be held by some
@@ -293,7 +293,7 @@ def _pick_port(wanted: int | None, taken: set[int]) -> int:
     low, high = _ephemeral_range()
     candidates = random.Random().sample(range(PORT_FLOOR, max(PORT_FLOOR + 1000, low)), 200)
     for port in candidates:
-        if port not in taken and not low <= port <= high and _port_is_free(port):
+        if port not in taken and not low <= port <= high and port_is_free(port):
             taken.add(port)
             return port
     raise OSError(f"could not find a free TCP port on 127.0.0.1 between {PORT_FLOOR} and {low} after 200 attempts")
@@ -309,7 +309,8 @@ def _ephemeral_range() -> tuple[int, int]:
     return low, high
 
 
-def _port_is_free(port: int) -> bool:
+def port_is_free(port: int) -> bool:
+    """Return True when a listener could bind ``port`` on 127.0.0.1 (with SO_REUSEADDR, as servers do)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:

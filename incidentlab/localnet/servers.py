@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 import threading
 import urllib.parse
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
+from .httpserver import ServiceHTTPServer
 from .node import APP_NAME, APP_VERSION, COMETBFT_VERSION, ValidatorNode, app_hash_base64, block_id, pub_key_json
 
 __all__ = ["serve_all", "RPCMethodError"]
@@ -44,19 +44,8 @@ class RPCMethodError(Exception):
         self.data = data
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
+class _Server(ServiceHTTPServer):
     node: ValidatorNode
-
-    def handle_error(self, request, client_address) -> None:
-        # A client that gave up (a probe timing out on a frozen node) closes its socket before
-        # the answer is written; that is expected, so log it in one line rather than a traceback.
-        error = sys.exc_info()[1]
-        if isinstance(error, (BrokenPipeError, ConnectionResetError)):
-            logger.debug("client %s disconnected before the response: %s", client_address, error)
-            return
-        super().handle_error(request, client_address)
 
 
 def serve_all(node: ValidatorNode) -> list[_Server]:

@@ -11,15 +11,15 @@ from __future__ import annotations
 import argparse
 import ctypes
 import datetime as _dt
-import json
 import os
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
+
+from .._fileio import write_json_atomic
 
 __all__ = ["ZERO_TIME", "format_timestamp", "exit_code_of", "main"]
 
@@ -187,20 +187,7 @@ def _copy_lines(stream, log) -> None:
 
 
 def _write_state(path: str, state: dict) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(state, handle, indent=2)
-            handle.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    write_json_atomic(path, state)
 
 
 def _own_cmdline() -> list[str]:

@@ -25,6 +25,7 @@ import yaml
 from .._fileio import read_json, write_atomic, write_json_atomic
 from .._resources import data_path
 from ..errors import ConfigError, LocalnetError
+from ..localnet.network import port_is_free
 from ..probes.prometheus import PrometheusClient, parse_duration
 
 __all__ = [
@@ -323,27 +324,16 @@ def _check_host_port(job: str, target: Any) -> str:
 
 def _choose_port(requested: int | None) -> int:
     if requested is not None:
-        if not _port_free(requested):
+        if not port_is_free(requested):
             raise PrometheusServerError(
                 f"port {requested} on 127.0.0.1 is in use. Stop what listens there, or pass port=None to pick a free one."
             )
         return requested
-    if _port_free(DEFAULT_PORT):
+    if port_is_free(DEFAULT_PORT):
         return DEFAULT_PORT
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        # Go's listeners set SO_REUSEADDR, so a port in TIME_WAIT is free for Prometheus too.
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 def _terminate(pid: int, command: list[str], timeout: float) -> bool:

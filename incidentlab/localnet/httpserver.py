@@ -1,0 +1,28 @@
+"""The threading HTTP server of the localnet services (standard library only)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from http.server import ThreadingHTTPServer
+
+__all__ = ["ServiceHTTPServer"]
+
+logger = logging.getLogger(__name__)
+
+
+class ServiceHTTPServer(ThreadingHTTPServer):
+    """A ThreadingHTTPServer with daemon threads and quiet client disconnects."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def handle_error(self, request, client_address) -> None:
+        # A client that gave up (a probe timing out on a frozen node, a client whose timeout is
+        # shorter than a slow upstream) closes its socket before the response is written. That
+        # is expected, so it gets one log line rather than a traceback.
+        error = sys.exc_info()[1]
+        if isinstance(error, (BrokenPipeError, ConnectionResetError)):
+            logger.debug("client %s disconnected before the response: %s", client_address, error)
+            return
+        super().handle_error(request, client_address)
