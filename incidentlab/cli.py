@@ -43,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_chaos_parser(commands)
     add_cleanup_parser(commands)
 
+    report = commands.add_parser("report", help="write the debrief postmortem of every incident in the lab home")
+    report.add_argument("--out", help="file to write (default: HOME/postmortems/simulation-summary.md)")
+
     run = commands.add_parser("run", help="execute a simulation notebook headless with papermill")
     run.add_argument("notebook", help="scenario id (like node-down) or a notebook path")
     run.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
@@ -69,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
             from .chaos.cli import run_chaos
 
             return run_chaos(args)
+        if args.command == "report":
+            return _report_command(args)
         if args.command == "cleanup":
             from .chaos.cli import run_cleanup
 
@@ -125,4 +130,16 @@ def _run_command(args: argparse.Namespace) -> int:
     if result.error:
         print(f"incidentlab: the notebook failed: {result.error}", file=sys.stderr)
         return 1
+    return 0
+
+
+def _report_command(args: argparse.Namespace) -> int:
+    from .config import default_home
+    from .incident.debrief import Debrief
+
+    home = args.home or default_home()
+    debrief = Debrief(home)
+    path = debrief.save(args.out)
+    print(debrief.metrics_review().to_string() if debrief.incidents else f"no incident record in {home}")
+    print(f"postmortem: {path}")
     return 0

@@ -17,6 +17,7 @@ CASES = {
     "00-lab-setup.ipynb": {},
     "01-high-error-rate.ipynb": {"seed": 7, "answers_path": str(ANSWERS / "high-error-rate-seed-7.yaml")},
     "02-node-down.ipynb": {"seed": 2, "answers_path": str(ANSWERS / "node-down-seed-2.yaml")},
+    "05-debrief-postmortem.ipynb": {},
 }
 #: Notebooks that run a simulation and so must save an incident record.
 SIMULATIONS = {"01-high-error-rate.ipynb", "02-node-down.ipynb"}
@@ -28,6 +29,8 @@ def test_notebook_passes_nbval(name, tmp_path):
     # papermill only injects the parameters here; nbval then executes every cell and fails on any error.
     prepared = tmp_path / name
     parameters = {"mode": "batch", "time_scale": 0.1, "learner": "ci", "backend": "local", **CASES[name]}
+    declared = papermill.inspect_notebook(str(NOTEBOOKS / name))
+    parameters = {key: value for key, value in parameters.items() if key in declared}
     papermill.execute_notebook(str(NOTEBOOKS / name), str(prepared), parameters=parameters, prepare_only=True)
     env = {**os.environ, "INCIDENTLAB_HOME": str(tmp_path / "lab")}
     try:

@@ -22,6 +22,7 @@ NOTEBOOKS = {
     "lab-setup": "00-lab-setup.ipynb",
     "high-error-rate": "01-high-error-rate.ipynb",
     "node-down": "02-node-down.ipynb",
+    "debrief": "05-debrief-postmortem.ipynb",
 }
 
 
