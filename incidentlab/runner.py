@@ -25,7 +25,7 @@ REPORT_MIME = "application/vnd.incidentlab.report+json"
 
 @dataclasses.dataclass
 class RunResult:
-    """Where the executed notebook and its report went, and the error if a cell failed."""
+    """Paths of the executed notebook and its report, the report record, and the error if a cell failed."""
 
     output_path: Path
     report_path: Path | None

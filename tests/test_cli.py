@@ -26,7 +26,8 @@ def home(tmp_path):
 def test_help_lists_commands(tmp_path):
     result = incidentlab(tmp_path, "--help")
     assert result.returncode == 0
-    assert "lab" in result.stdout and "run" in result.stdout
+    assert "lab" in result.stdout
+    assert "run" in result.stdout
 
 
 def test_lab_up_status_down(home):

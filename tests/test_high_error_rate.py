@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -58,10 +59,19 @@ def test_unknown_variant_rejected(lab):
         lab.simulation("high-error-rate", variant="forever")
 
 
+def wait_for_errors(lab, timeout=30.0):
+    """Poll lab.error_increase() until it counts a 5xx response or ``timeout`` seconds pass."""
+    deadline = time.monotonic() + timeout
+    spike = lab.error_increase()
+    while spike["5xx"].iloc[0] == 0 and time.monotonic() < deadline:
+        time.sleep(0.5)
+        spike = lab.error_increase()
+    return spike
+
+
 def test_prometheus_returns_error_spike(lab):
     import os
     import shutil
-    import time
 
     if shutil.which("prometheus") is None:
         if os.environ.get("CI") == "true":
@@ -71,11 +81,7 @@ def test_prometheus_returns_error_spike(lab):
     sim = lab.simulation("high-error-rate", seed=2)
     sim.inject()
     try:
-        deadline = time.monotonic() + 30
-        spike = lab.error_increase()
-        while spike["5xx"].iloc[0] == 0 and time.monotonic() < deadline:
-            time.sleep(0.5)
-            spike = lab.error_increase()
+        spike = wait_for_errors(lab)
         assert spike["source"].iloc[0] == "prometheus"
         assert spike["5xx"].iloc[0] > 0
         errors = lab.query('increase(http_requests_total{code=~"5.."}[6s])')
@@ -85,19 +91,13 @@ def test_prometheus_returns_error_spike(lab):
         sim.close()
 
 
-def test_embedded_scraper_sees_error_spike_without_prometheus(lab):
-    import time
-
+def test_embedded_scraper_sees_error_spike(lab):
     assert lab.monitor.prometheus() is None
     lab.alerts(source="embedded")  # starts the lab's own scraper before the incident
     sim = lab.simulation("high-error-rate", seed=2)
     sim.inject()
     try:
-        deadline = time.monotonic() + 30
-        spike = lab.error_increase()
-        while spike["5xx"].iloc[0] == 0 and time.monotonic() < deadline:
-            time.sleep(0.5)
-            spike = lab.error_increase()
+        spike = wait_for_errors(lab)
         assert spike["source"].iloc[0] == "embedded scraper"
         assert spike["5xx"].iloc[0] > 0
         assert 0 < spike["error_ratio"].iloc[0] <= 1

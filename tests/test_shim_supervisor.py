@@ -422,7 +422,7 @@ def test_real_validators_under_supervisor(tmp_path):
         kill_recorded_processes(localnet.run_dir)
 
 
-def test_fresh_localnet_picks_new_ports_when_one_is_taken(tmp_path):
+def test_new_localnet_repicks_busy_port(tmp_path):
     """A port taken by another program between the pick and the bind leads to new ports, not an error."""
     import socket as _socket
 

@@ -62,7 +62,7 @@ class Fault:
         self.dry_run = dry_run
         self.record = record
         # A detached fault outlives the process that injected it (the chaos command), like
-        # `docker pause`; it is undone by its opposite command, halt or cleanup, or at expiry.
+        # `docker pause`. Its opposite command, halt, cleanup or its expiry undoes it.
         self.detached = detached
         self.id = new_fault_id(self.kind)
         self.journal = Journal(lab.config.home)
@@ -151,7 +151,12 @@ class Fault:
         self.revert()
 
     def __repr__(self) -> str:
-        state = self.entry["state"] if self.entry else ("dry run" if self.dry_run else "not injected")
+        if self.entry:
+            state = self.entry["state"]
+        elif self.dry_run:
+            state = "dry run"
+        else:
+            state = "not injected"
         return f"<{type(self).__name__} {self.id} target={self.target} {state}>"
 
     def _timeline(self, kind: str, message: str, when: _dt.datetime | None) -> None:

@@ -393,7 +393,7 @@ class ConsensusState:
 
         Tendermint waits for over a third of the power before it skips ahead. Here rounds also
         advance on timeouts without a quorum, so two live nodes of a halted chain could drift a
-        round apart and never vote in the same round again; following any peer keeps them
+        round apart and never vote in the same round again. Following any peer keeps them
         together. Locking, not round numbers, keeps commits safe, so this costs no safety.
         """
         if round_ <= self.round or sender is None or self.step == Step.COMMIT:

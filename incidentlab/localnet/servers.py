@@ -63,8 +63,8 @@ def serve_all(node: ValidatorNode) -> list[_Server]:
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
-    # Headers and body go out in two writes; without TCP_NODELAY, Nagle's algorithm and the
-    # peer's delayed ACK hold the body about 40 ms on every keep-alive request.
+    # Headers and body go out in two writes. Without TCP_NODELAY, Nagle's algorithm and the
+    # peer's delayed ACK hold the body for about 40 ms on every keep-alive request (measured here).
     disable_nagle_algorithm = True
     server: _Server
 
@@ -258,7 +258,7 @@ def _abci_info(node: ValidatorNode, params: dict) -> dict:
 
 
 def _dump_consensus_state(node: ValidatorNode, params: dict) -> dict:
-    """A subset of CometBFT's dump_consensus_state: this node's round state and its peers' heights."""
+    """Return a subset of CometBFT's dump_consensus_state: this node's round state and its peers."""
     state = node.consensus
     if state is None:
         return {"round_state": {"height/round/step": f"{node.store.height() + 1}/0/0", "catching_up": True},

@@ -23,7 +23,7 @@ VARIANTS = {
     "one-down": (1, "SEV-3", "one validator stopped: the chain slows, its RPC refuses connections"),
     "two-down": (2, "SEV-1", "two validators stopped: no quorum, the chain halts"),
 }
-#: How the validators stop: like `docker stop` (SIGTERM, exit 0) or a crash (SIGKILL, exit 137).
+#: Ways the validators stop: like `docker stop` (SIGTERM, exit 0) or a crash (SIGKILL, exit 137).
 STOP_MODES = ("stop", "kill")
 #: Most blocks read back to measure the impact.
 MAX_IMPACT_BLOCKS = 500
