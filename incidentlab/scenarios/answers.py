@@ -92,8 +92,8 @@ def _check(path: Path, data: dict) -> None:
     if "category" in diagnosis and diagnosis["category"] not in ROOT_CAUSE_CATEGORIES:
         fail("diagnosis.category", diagnosis["category"], f"use one of: {', '.join(ROOT_CAUSE_CATEGORIES)}")
     for index, action in enumerate(data.get("actions", [])):
-        if not isinstance(action, dict) or action.get("action") not in REMEDIATION_ACTIONS:
-            fail(f"actions[{index}]", action, f"each action needs action: one of {', '.join(REMEDIATION_ACTIONS)}")
+        if not isinstance(action, dict) or not isinstance(action.get("action"), str) or not action["action"]:
+            fail(f"actions[{index}]", action, f"each action needs action: like {', '.join(REMEDIATION_ACTIONS)}")
         if action["action"] in TARGETLESS_ACTIONS:
             continue
         if not isinstance(action.get("target"), str) or not action["target"]:

@@ -14,7 +14,7 @@ import random
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from ..errors import ConfigError, ScenarioError
 from ..incident.record import Incident, IncidentStore
@@ -87,6 +87,7 @@ class Simulation:
         self.answers = load_answers(answers_path) if answers_path else {}
         self.rng = random.Random(f"{self.scenario_id}:{seed}")
         self.variant = self.choose_variant(variant)
+        self._check_answer_actions(answers_path)
         self.store = IncidentStore(lab.config.home)
         self.incident: Incident | None = None
         self.active = False
@@ -208,6 +209,17 @@ class Simulation:
         self.save()
         return decision
 
+    def remediation_actions(self) -> dict[str, Callable[..., Any]]:
+        """Return the actions an answers file may replay, by name: ``callable(target, **options)``.
+
+        The lab's target actions and ``halt``; a scenario with its own remedies (a rollback,
+        a quota replacement) adds them, and each must record itself through record_action().
+        """
+        lab = self.lab
+        actions = {name: getattr(lab, name) for name in ("start", "stop", "restart", "pause", "unpause", "kill")}
+        actions["halt"] = lambda target=None, **options: lab.halt()
+        return actions
+
     def remediate(self) -> "pd.DataFrame":
         """Replay the answers file's actions through the lab (batch mode), then list every action taken.
 
@@ -218,23 +230,26 @@ class Simulation:
 
         self._require_incident()
         if self.mode == "batch":
+            actions = self.remediation_actions()
             for action in self.answers.get("actions", []):
                 options = {k: v for k, v in action.items() if k not in ("action", "target")}
-                if action["action"] == "halt":
-                    self.lab.halt()
-                    continue
-                getattr(self.lab, action["action"])(action["target"], **options)
+                actions[action["action"]](action.get("target"), **options)
         rows = [{"time": e.time, "action": e.data.get("action"), "target": e.data.get("target"),
                  "status after": e.data.get("status")} for e in self.incident.timeline if e.kind == "action"]
         return pd.DataFrame(rows, columns=["time", "action", "target", "status after"])
 
     def record_action(self, action: str, target: str, state: dict, **options: Any) -> None:
-        """Add a remediation call made through the lab to the timeline (the lab calls this)."""
+        """Add a remediation call made through the lab to the timeline (the lab calls this).
+
+        ``options`` are the call's keyword arguments; they are kept so that grading can replay
+        the call, with values that JSON cannot hold turned into text.
+        """
         if self.incident is None:
             return
+        kept = {k: v if isinstance(v, (str, int, float, bool, type(None))) else str(v) for k, v in options.items()}
         with self._lock:
             self.incident.add_event("action", "learner", f"{action} {target}", action=action, target=target,
-                                    status=state.get("Status"), **{k: str(v) for k, v in options.items()})
+                                    status=state.get("Status"), options=kept)
         self.save()
 
     def record_fault(self, kind: str, message: str, when: _dt.datetime | None, **data: Any) -> None:
@@ -332,6 +347,16 @@ class Simulation:
     def _event(self, kind: str, source: str, message: str, time: _dt.datetime | None = None, **data: Any) -> None:
         with self._lock:
             self.incident.add_event(kind, source, message, time=time, **data)
+
+    def _check_answer_actions(self, answers_path: str | Path | None) -> None:
+        from ..errors import AnswerFileError
+
+        known = self.remediation_actions()
+        for index, action in enumerate(self.answers.get("actions", [])):
+            if action["action"] not in known:
+                raise AnswerFileError(str(answers_path), f"{answers_path}: field 'actions[{index}].action' has the "
+                                      f"invalid value {action['action']!r}; scenario {self.scenario_id!r} can "
+                                      f"replay {', '.join(sorted(known))}", f"actions[{index}].action")
 
     def _require_incident(self) -> None:
         if self.incident is None:
