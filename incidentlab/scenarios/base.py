@@ -52,16 +52,20 @@ class Verification:
 
 @dataclasses.dataclass
 class Report:
-    """The rendered incident report, the paths it was saved to and the record as JSON."""
+    """The rendered incident report, the paths it was saved to, the record as JSON and the decision file."""
 
     markdown: str
     markdown_path: Path
     json_path: Path
     record: dict
+    decisions_path: Path | None = None
 
     def _repr_mimebundle_(self, include=None, exclude=None) -> dict:
         # The JSON part lets a papermill run be read back without parsing the Markdown.
-        return {"text/markdown": self.markdown, REPORT_MIME: self.record, "text/plain": self.markdown}
+        shown = self.markdown
+        if self.decisions_path is not None:
+            shown += f"\n---\n\nDecision file to submit for grading: `{self.decisions_path}`\n"
+        return {"text/markdown": shown, REPORT_MIME: self.record, "text/plain": shown}
 
 
 class Simulation:
@@ -124,7 +128,7 @@ class Simulation:
         if self.active or self.incident is not None:
             raise ScenarioError(f"simulation {self.scenario_id!r} was already injected; create a new one to run again")
         self.incident = Incident(id=self.store.new_id(), scenario=self.scenario_id, title=self.title,
-                                 learner=self.learner, seed=self.seed)
+                                 learner=self.learner, seed=self.seed, time_scale=self.lab.config.time_scale)
         self._start_probes()
         self.active = True
         self.injected_at = _dt.datetime.now(_dt.timezone.utc)
@@ -149,24 +153,72 @@ class Simulation:
                user_impact: str | None = None, failure_rate: float | None = None) -> dict:
         """Record the triage decision; values left None come from the answers file.
 
-        Returns the decision. Raises ConfigError for a severity outside SEV-1..SEV-4 or an
+        Returns the decision. Raises AnswerFileError naming the field for a value that breaks
+        the triage schema (a severity outside SEV-1..SEV-4, a failure rate outside 0..1) or an
         affected service the scenario does not have.
         """
+        from ..incident.schemas import check
+
         self._require_incident()
         given = {"severity": severity, "affected_services": affected_services, "user_impact": user_impact,
                  "failure_rate": failure_rate}
-        decision = {key: value if value is not None else self.answers.get("triage", {}).get(key)
-                    for key, value in given.items()}
-        unknown = [s for s in decision["affected_services"] or [] if s not in self.services]
-        if unknown:
-            raise ConfigError(f"affected_services has unknown services {unknown}; choose from {list(self.services)}")
+        from_file = self.answers.get("triage", {})
+        decision = {key: value if value is not None else from_file.get(key) for key, value in given.items()}
         if decision["severity"] is None:
             return {"recorded": False, "hint": "pass severity='SEV-1'..'SEV-4' and the other fields"}
+        decision["affected_services"] = list(decision["affected_services"] or [])
+        check("triage", {k: v for k, v in decision.items() if v is not None}, "triage")
+        unknown = [s for s in decision["affected_services"] if s not in self.services]
+        if unknown:
+            from ..errors import AnswerFileError
+
+            raise AnswerFileError("triage", f"triage: field 'affected_services' has the invalid value {unknown}; "
+                                  f"choose from {', '.join(self.services)}", "affected_services")
         with self._lock:
             self.incident.set_severity(decision["severity"])
             self.incident.decisions["triage"] = decision
         self.save()
         return decision
+
+    def post_update(self, conditions: str | None = None, actions: str | None = None, needs: str | None = None,
+                    next_update_in_minutes: float | None = None, status: str | None = None) -> dict | None:
+        """Post a status update for stakeholders: what users see, what is being done, what is needed.
+
+        With no arguments in batch mode, posts the answers file's next update (None when none
+        is left). The next update is due within the severity's cadence (lab minutes, compressed
+        by time_scale) or sooner if promised; late updates are flagged in the timeline.
+        Raises AnswerFileError naming the field for a value that breaks the schema.
+        """
+        from ..incident.communication import record_update
+        from ..incident.schemas import check
+
+        self._require_incident()
+        update = {"status": status, "conditions": conditions, "actions": actions, "needs": needs,
+                  "next_update_in_minutes": next_update_in_minutes}
+        if all(value is None for value in update.values()):
+            planned = self.answers.get("status_updates", [])
+            posted = len(self.incident.decisions.get("status_updates", []))
+            if posted >= len(planned):
+                return None
+            update = dict(planned[posted])
+        update = {key: value for key, value in update.items() if value is not None}
+        check("status_update", update, "status update")
+        with self._lock:
+            event = record_update(self.incident, update)
+        self.save()
+        return event.data
+
+    def communication(self) -> "pd.DataFrame":
+        """Return the status updates posted so far, with when each next one is due and whether it was on time."""
+        import pandas as pd
+
+        from ..incident.communication import flag_overdue, updates_table
+
+        self._require_incident()
+        with self._lock:
+            flag_overdue(self.incident)
+        columns = ["time", "status", "conditions", "actions", "needs", "next_update_due", "on_time"]
+        return pd.DataFrame(updates_table(self.incident), columns=columns)
 
     def set_status(self, status: str | None = None) -> str | None:
         """Move the status page to ``status``; in batch mode the next status from the answers file."""
@@ -179,7 +231,10 @@ class Simulation:
             return None
         if status == self.incident.status and self.incident.first("status_changed") is not None:
             return status  # already posted: an unchanged status is no new event
+        from ..incident.communication import flag_overdue
+
         with self._lock:
+            flag_overdue(self.incident)
             self.incident.set_status(status)
         self.save()
         return status
@@ -193,15 +248,19 @@ class Simulation:
         return "Resolved"
 
     def diagnose(self, category: str | None = None, target: str | None = None, evidence: str | None = None) -> dict:
-        """Record the diagnosis: root-cause category, target and evidence (answers file for None)."""
+        """Record the diagnosis: root-cause category, target and evidence (answers file for None).
+
+        Raises AnswerFileError naming the field for a category outside ROOT_CAUSE_CATEGORIES.
+        """
+        from ..incident.schemas import check
+
         self._require_incident()
         from_file = self.answers.get("diagnosis", {})
         decision = {"category": category or from_file.get("category"), "target": target or from_file.get("target"),
                     "evidence": evidence or from_file.get("evidence")}
         if decision["category"] is None:
             return {"recorded": False, "hint": f"pass category= one of {list(ROOT_CAUSE_CATEGORIES)}"}
-        if decision["category"] not in ROOT_CAUSE_CATEGORIES:
-            raise ConfigError(f"category={decision['category']!r} is invalid; use one of {list(ROOT_CAUSE_CATEGORIES)}")
+        check("diagnosis", {k: v for k, v in decision.items() if v is not None}, "diagnosis")
         with self._lock:
             self.incident.decisions["diagnosis"] = decision
             self.incident.add_event("diagnosis", "learner", f"{decision['category']} on {decision['target']}",
@@ -281,7 +340,12 @@ class Simulation:
 
     def report(self, root_cause: str | None = None, resolution: str | None = None,
                action_items: list[dict] | None = None, lessons_learned: str | None = None) -> Report:
-        """Render and save the incident report (Markdown and JSON under the lab home's incidents/)."""
+        """Render and save the incident report (Markdown and JSON under the lab home's incidents/).
+
+        Also writes the decision file to submit for grading (under the lab home's submissions/).
+        """
+        from ..incident.communication import flag_overdue
+        from ..incident.decisions import save_decisions
         from ..incident.report import render_report, save_report
 
         self._require_incident()
@@ -291,8 +355,12 @@ class Simulation:
             if value is not None:
                 self.incident.decisions[key] = value
         self.incident.impact = self.impact()
+        with self._lock:
+            flag_overdue(self.incident)
         markdown_path, json_path = save_report(self.incident, self.store)
-        return Report(render_report(self.incident), markdown_path, json_path, self.incident.to_json())
+        decisions_path = save_decisions(self.incident, self.store)
+        return Report(render_report(self.incident), markdown_path, json_path, self.incident.to_json(),
+                      decisions_path)
 
     def close(self) -> list[str]:
         """Stop the probes and undo whatever of the fault is still in place; return what was undone."""
