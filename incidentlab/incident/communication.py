@@ -59,18 +59,19 @@ def record_update(incident: Incident, update: dict[str, Any], time: _dt.datetime
     """Add a checked status update to the incident: a status_update event and decisions["status_updates"].
 
     The next update is due at the sooner of the learner's promise (next_update_in_minutes, in
-    lab minutes, so also compressed by time_scale) and the severity's cadence. Overdue updates
-    before this one are flagged first. Returns the new event.
+    lab minutes, so also compressed by time_scale) and the severity's cadence. An update that
+    comes after its due time is flagged as late. Returns the new status_update event.
     """
     time = time or _dt.datetime.now(_dt.timezone.utc)
-    flag_overdue(incident, time)
     due = _next_due(incident, update.get("next_update_in_minutes"), time)
     status = update.get("status") or incident.status
     entry = {**update, "status": status, "time": _iso(time), "next_update_due": _iso(due) if due else None}
     incident.decisions.setdefault("status_updates", []).append(entry)
     summary = f"[{status}] {update['conditions']}"
     data = {key: value for key, value in entry.items() if key != "time"}
-    return incident.add_event("status_update", "learner", summary, time=time, **data)
+    event = incident.add_event("status_update", "learner", summary, time=time, **data)
+    flag_overdue(incident, time)  # after the update, so that it counts as the late reply to its due time
+    return event
 
 
 def flag_overdue(incident: Incident, until: _dt.datetime | None = None) -> list[TimelineEvent]:
@@ -109,7 +110,7 @@ def updates_table(incident: Incident) -> list[dict[str, Any]]:
 
 
 def _due_times(incident: Incident, until: _dt.datetime) -> list[tuple[_dt.datetime, _dt.datetime | None]]:
-    """Return (due time, time of the update that answered it or None) for each due time before ``until``."""
+    """Return (due time, time of the update that replied to it, or None) for each due time before ``until``."""
     due, pairs = _first_due(incident), []
     for update in incident.decisions.get("status_updates", []):
         posted = _parse(update["time"])

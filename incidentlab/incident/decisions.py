@@ -76,7 +76,7 @@ def load_decisions(path: str | Path) -> dict:
     """Read a decision file and check it against its schema; return its content.
 
     Raises AnswerFileError naming the file, and the field, value and rule when it breaks the
-    schema (or says the file is missing or not JSON).
+    schema (or reports that the file is missing or not JSON).
     """
     path = Path(path).expanduser()
     try:
@@ -95,15 +95,15 @@ def load_decisions(path: str | Path) -> dict:
 
 def to_answers(decisions: dict) -> dict:
     """Return the answers file (a dict) that replays a checked decision file in batch mode."""
-    made = decisions["decisions"]
-    answers: dict[str, Any] = {"learner": decisions["learner"], "acknowledge": bool(made.get("acknowledge"))}
+    recorded = decisions["decisions"]
+    answers: dict[str, Any] = {"learner": decisions["learner"], "acknowledge": bool(recorded.get("acknowledge"))}
     for key in ("triage", "diagnosis", "root_cause", "resolution", "action_items", "lessons_learned"):
-        if made.get(key) is not None:
-            answers[key] = made[key]
-    if made.get("status"):
-        answers["status"] = list(made["status"])
+        if recorded.get(key) is not None:
+            answers[key] = recorded[key]
+    if recorded.get("status"):
+        answers["status"] = list(recorded["status"])
     updates = [{key: value for key, value in update.items() if key not in ("time", "next_update_due")}
-               for update in made.get("status_updates") or []]
+               for update in recorded.get("status_updates") or []]
     if updates:
         answers["status_updates"] = updates
     answers["actions"] = [{"action": action["action"], "target": action["target"], **action["options"]}

@@ -1,6 +1,6 @@
 """JSON schemas of the learner's decisions (data/schemas/decisions.schema.json) and their checks.
 
-Each decision kind (triage, diagnosis, status_update, action, action_item, postmortem), an
+Each decision kind (triage, diagnosis, status_change, status_update, action, action_item, postmortem), an
 answers file and the exported decision file has a schema; an error names the field, the value
 and the rule.
 """
@@ -13,13 +13,14 @@ from typing import Any
 
 from ..errors import AnswerFileError
 
-__all__ = ["KINDS", "schema_for", "check", "errors"]
+__all__ = ["KINDS", "MISSING", "schema_for", "check", "errors"]
 
 SCHEMA_FILE = "decisions.schema.json"
 #: Decision kinds with a schema of their own.
-KINDS = ("triage", "diagnosis", "status_update", "action", "action_item", "postmortem", "answers",
+KINDS = ("triage", "diagnosis", "status_change", "status_update", "action", "action_item", "postmortem", "answers",
          "decisions_file")
-_MISSING = "<missing>"
+#: The value reported for a required field that is absent.
+MISSING = "<missing>"
 
 
 @functools.lru_cache(maxsize=1)
@@ -65,21 +66,21 @@ def check(kind: str, value: Any, source: str, prefix: str = "") -> None:
     problems = errors(kind, value, prefix)
     if problems:
         field, bad, rule = problems[0]
-        shown = "missing" if bad is _MISSING else repr(bad)
-        raise AnswerFileError(source, f"{source}: field {field!r} has the invalid value {shown}; {rule}", field)
+        value_text = "missing" if bad is MISSING else repr(bad)
+        raise AnswerFileError(source, f"{source}: field {field!r} has the invalid value {value_text}; {rule}", field)
 
 
 def _describe(error, prefix: str) -> tuple[str, Any, str]:
     """Turn a jsonschema error into (field, value, rule), looking into oneOf branches."""
     if error.validator == "oneOf" and error.context:
-        # The branch that is not "null" says what the value should have been.
+        # The branch that is not "null" describes the expected value.
         error = max(error.context, key=lambda e: len(e.absolute_path))
     path = list(error.absolute_path)
     value = error.instance
     if error.validator == "required":
         missing = next((name for name in error.validator_value if name not in error.instance), "")
-        path, value = path + [missing], _MISSING
-        rule = error.schema.get("properties", {}).get(missing, {}).get("description") or "this field is required"
+        path, value = path + [missing], MISSING
+        rule = _description(error.schema.get("properties", {}).get(missing, {})) or "this field is required"
         return _field(prefix, path), value, rule
     if error.validator == "additionalProperties":
         allowed = ", ".join(error.schema.get("properties", {}))
@@ -88,6 +89,16 @@ def _describe(error, prefix: str) -> tuple[str, Any, str]:
         return _field(prefix, path + [name]), error.instance.get(name), f"unknown field; known fields are {allowed}"
     rule = error.schema.get("description") or error.message
     return _field(prefix, path), value, rule
+
+
+def _description(schema: dict) -> str | None:
+    """Return a property's description, or the description of the definition it refers to."""
+    if schema.get("description"):
+        return schema["description"]
+    reference = schema.get("$ref", "")
+    if reference.startswith("#/$defs/"):
+        return _definitions()["$defs"].get(reference.rsplit("/", 1)[1], {}).get("description")
+    return None
 
 
 def _field(prefix: str, path: list) -> str:

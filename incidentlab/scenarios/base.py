@@ -239,6 +239,46 @@ class Simulation:
         self.save()
         return status
 
+    def form(self, kind: str):
+        """Return the decision form ``kind`` (triage, status, update, diagnosis, postmortem) to fill in.
+
+        In interactive mode this is an ipywidgets form whose submit button records the decision.
+        In batch mode no widget is built: the decision comes from the answers file, is recorded,
+        and is returned. Raises ConfigError for an unknown kind.
+        """
+        from .forms import FORM_KINDS
+
+        if kind not in FORM_KINDS:
+            raise ConfigError(f"form {kind!r} is unknown; use one of {', '.join(FORM_KINDS)}")
+        self._require_incident()
+        if self.mode == "batch":
+            replay = {"triage": self.triage, "status": self.set_status, "update": self.post_update,
+                      "diagnosis": self.diagnose, "postmortem": self.postmortem}
+            return replay[kind]()
+        from .forms import build_form
+
+        return build_form(self, kind)
+
+    def postmortem(self, root_cause: str | None = None, resolution: str | None = None,
+                   action_items: list[dict] | None = None, lessons_learned: str | None = None) -> dict:
+        """Record the postmortem notes (answers file for None); the report and the debrief use them.
+
+        Raises AnswerFileError naming the field for an action item without a type (prevent,
+        mitigate or process) or text.
+        """
+        from ..incident.schemas import check
+
+        self._require_incident()
+        given = {"root_cause": root_cause, "resolution": resolution, "action_items": action_items,
+                 "lessons_learned": lessons_learned}
+        notes = {key: value if value is not None else self.answers.get(key) for key, value in given.items()}
+        notes = {key: value for key, value in notes.items() if value is not None}
+        check("postmortem", notes, "postmortem")
+        with self._lock:
+            self.incident.decisions.update(notes)
+        self.save()
+        return notes
+
     def resolve(self) -> str:
         """Set the status to Resolved, but only once the probes have verified the recovery."""
         self._require_incident()
