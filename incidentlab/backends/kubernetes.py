@@ -8,6 +8,7 @@ configuration, and writes go only to namespaces the lab created or was told to u
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime as _dt
 import logging
 import os
@@ -84,6 +85,7 @@ class ProviderCluster:
         self.namespace = namespace
         self.allowed_namespaces = tuple(allowed_namespaces)
         self.kubeconfig: Path | None = None
+        self._recording = True
 
     # -- connecting ----------------------------------------------------------------------------
 
@@ -134,6 +136,15 @@ class ProviderCluster:
         except (kube_config.ConfigException, OSError) as exc:
             raise ConfigError(f"cannot load context {context!r} from {kubeconfig or '~/.kube/config'}: {exc}") from exc
         return cls(api_client, context=context, lab=lab, allowed_namespaces=config.kube_namespaces)
+
+    @contextlib.contextmanager
+    def unrecorded(self):
+        """Run the block's calls without recording them as remediation actions (a simulation's own setup)."""
+        self._recording = False
+        try:
+            yield self
+        finally:
+            self._recording = True
 
     # -- namespaces -------------------------------------------------------------------------------
 
@@ -310,7 +321,7 @@ class ProviderCluster:
     def _record(self, action: str, target: str, status: str, **options: Any) -> dict:
         state = {"Status": status, "At": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
         logger.info("cluster action %s %s: %s context=%s", action, target, status, self.context)
-        simulation = self.lab.simulation_running if self.lab is not None else None
+        simulation = self.lab.simulation_running if self.lab is not None and self._recording else None
         if simulation is not None and simulation.active:
             simulation.record_action(action, target, state, **options)
         return state

@@ -38,9 +38,11 @@ def age(moment: _dt.datetime | None) -> str:
 
 
 def deployment_rows(items) -> list[dict]:
+    from kubernetes.client import V1DeploymentStatus
+
     rows = []
     for item in items:
-        status = item.status
+        status = item.status or V1DeploymentStatus()
         conditions = ", ".join(f"{c.type}={c.status}" + (f" {c.reason}" if c.reason else "")
                                for c in status.conditions or [])
         rows.append({"NAME": item.metadata.name, "READY": f"{status.ready_replicas or 0}/{item.spec.replicas}",

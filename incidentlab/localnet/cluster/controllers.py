@@ -74,6 +74,7 @@ class Cluster:
                 obj.setdefault("status", {"phase": "Active"})
             if resource == "deployments":
                 _default_deployment(obj)
+                obj["status"] = {}
             if resource == "resourcequotas":
                 obj["status"] = self._quota_status(obj, self.store.list("pods", namespace))
             return self.store.create(resource, obj)
