@@ -88,7 +88,11 @@ class ApiServer:
         try:
             return self._dispatch(method, resource, match, query, headers, body)
         except NotFound as exc:
-            return 404, _status(404, "NotFound", str(exc), {"name": exc.name, "kind": exc.resource})
+            # The API server names a resource of a named group with its group: deployments.apps.
+            group = next((r.group for r in discovery.RESOURCES if r.name == exc.resource), "")
+            qualified = f"{exc.resource}.{group}" if group else exc.resource
+            details = {"name": exc.name, **({"group": group} if group else {}), "kind": exc.resource}
+            return 404, _status(404, "NotFound", f'{qualified} "{exc.name}" not found', details)
         except Forbidden as exc:
             # The reference body of a quota rejection names only the kind in its details.
             return 403, _status(403, "Forbidden", exc.message, {"kind": exc.resource})
