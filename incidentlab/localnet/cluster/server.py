@@ -136,7 +136,8 @@ class ApiServer:
             return 200, self.cluster.replace(resource.name, _patch(current, json.loads(body or b"{}"), headers))
         if method == "DELETE":
             removed = self.cluster.delete(resource.name, namespace or "", name)
-            if resource.name in ("pods", "namespaces", "events"):
+            # As the official client expects: the deleted object for these, a Status for the others.
+            if resource.name in ("pods", "resourcequotas", "nodes"):
                 return 200, removed
             return 200, {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
                          "details": {"name": name, "group": resource.group, "kind": resource.name,
