@@ -2,7 +2,7 @@
 
 One code path serves the embedded cluster (a localnet service on 127.0.0.1) and a real one
 (kind or a provider's). A real cluster is used only when its context is named in the lab
-configuration, and writes go only to namespaces the lab created or was told to use.
+configuration, and writes go only to namespaces that the lab created or that the configuration lists.
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ def write_embedded_kubeconfig(home: str | os.PathLike, api_url: str, token: str,
 class ProviderCluster:
     """The provider's cluster as a notebook uses it: leases, quotas, pods, events and node capacity.
 
-    Build it with ``embedded(lab)`` or ``from_kubeconfig(lab, ...)``; ``lab.cluster`` does that.
+    Build it with ``embedded_for(lab)`` or ``from_kubeconfig(config, ...)``, as ``lab.cluster`` does.
     Every table is a pandas DataFrame shaped like ``kubectl get`` output. Calls that change the
     cluster while a simulation runs are recorded in its timeline as remediation actions.
     """
@@ -151,8 +151,8 @@ class ProviderCluster:
     def ensure_namespace(self, name: str | None = None) -> str:
         """Create ``name`` (default: the workload namespace) labelled as the lab's, unless the lab may already use it.
 
-        Returns the name. Raises ConfigError for an existing namespace the lab neither created
-        nor was told to use (LabConfig.kube_namespaces).
+        Returns the name. Raises ConfigError for an existing namespace that the lab did not create
+        and that LabConfig.kube_namespaces does not list.
         """
         from kubernetes import client
         from kubernetes.client.exceptions import ApiException

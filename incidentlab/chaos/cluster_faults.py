@@ -93,7 +93,7 @@ class RestrictiveQuota(ClusterFault):
             self.snapshot = {"hard": dict(found.spec.hard or {}), "labels": dict(found.metadata.labels or {})}
             self.hard = self.hard or _tight(found.status.used or {}, found.spec.hard or {})
         elif not self.hard:
-            raise ConfigError(f"ResourceQuota {self.target}/{self.quota} does not exist, so hard= must say the limits")
+            raise ConfigError(f"ResourceQuota {self.target}/{self.quota} does not exist; pass hard= with the limits to create it with, like {'pods': '0'}")
         return super().inject()
 
     def apply(self) -> None:

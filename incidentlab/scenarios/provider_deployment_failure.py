@@ -167,11 +167,12 @@ class ProviderDeploymentFailure(Simulation):
             for name in BASELINE_LEASES:
                 if name not in existing:
                     cluster.deploy_lease(name, replicas=2, cpu="250m", memory="256Mi")
-        deadline = time.monotonic() + max(5.0, BASELINE_TIMEOUT * self.lab.config.time_scale)
+        timeout = max(5.0, BASELINE_TIMEOUT * self.lab.config.time_scale)
+        deadline = time.monotonic() + timeout
         while not all(lease["fulfilled"] for lease in lease_status(cluster)):
             if time.monotonic() > deadline:
-                raise ScenarioError(f"the baseline leases did not become available within {BASELINE_TIMEOUT} s "
-                                    f"(scaled); inspect them with lab.cluster.deployments()")
+                raise ScenarioError(f"the baseline leases did not become available within {timeout:.1f} s; "
+                                    "inspect them with lab.cluster.deployments() and lab.cluster.events()")
             time.sleep(0.1)
 
     def _fault_for(self, variant: str):

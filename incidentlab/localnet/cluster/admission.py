@@ -1,7 +1,7 @@
 """Pod defaulting and ResourceQuota admission, with the API server's exact rejection messages.
 
-Quota is checked only when a pod is created, so a pod that runs keeps running under a new,
-smaller quota; the quota bites on the next rollout, scale-up or replacement.
+Quota is checked only when a pod is created, so a running pod keeps running under a new, smaller
+quota. The quota bites on the next rollout, scale-up or replacement of a pod.
 """
 
 from __future__ import annotations

@@ -408,7 +408,13 @@ def _parse_field_selector(text: str) -> list[tuple[str, bool, str]]:
     selected = []
     for term in filter(None, (t.strip() for t in text.split(","))):
         negated = "!=" in term
-        path, _, value = term.partition("!=" if negated else "==" if "==" in term else "=")
+        if negated:
+            operator = "!="
+        elif "==" in term:
+            operator = "=="
+        else:
+            operator = "="
+        path, _, value = term.partition(operator)
         selected.append((path.strip(), not negated, value.strip()))
     return selected
 

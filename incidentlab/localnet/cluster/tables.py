@@ -1,4 +1,4 @@
-"""Server-side printing: the Table responses ``kubectl get`` asks for, with kubectl's columns."""
+"""Server-side printing: the Table responses that ``kubectl get`` requests, with kubectl's columns."""
 
 from __future__ import annotations
 
