@@ -50,7 +50,9 @@ class Cluster:
         self.interval = interval
         # The store's version joins the seed so that a restarted cluster does not repeat pod names.
         self.rng = random.Random(f"{seed}:{store.version}")
-        self._next_try: dict[str, float] = {}
+        # Object uid -> (monotonic time of the next retry, delay after it).
+        self._next_try: dict[str, tuple[float, float]] = {}
+        self._synced_version = ""
 
     # -- writes through the API ----------------------------------------------------------
 
@@ -116,8 +118,15 @@ class Cluster:
                 logger.exception("controller pass failed")
 
     def sync(self) -> None:
-        """Run one pass of every controller and save the state when it changed."""
+        """Run one pass of every controller and save the state when it changed.
+
+        A pass is skipped while nothing changed since the last one and no retry is due, so an
+        idle cluster costs almost nothing.
+        """
         with self.store.lock:
+            now = time.monotonic()
+            if self.store.version == self._synced_version and all(due > now for due, _ in self._next_try.values()):
+                return
             self._collect_garbage()
             for deployment in self.store.list("deployments"):
                 self._sync_deployment(deployment)
@@ -132,6 +141,8 @@ class Cluster:
                 if status != quota.get("status"):
                     quota["status"] = status
                     self.store.update("resourcequotas", quota)
+            self._forget_retries()
+            self._synced_version = self.store.version
         self.store.save_if_changed()
 
     # -- deployment controller ---------------------------------------------------------------
@@ -344,6 +355,12 @@ class Cluster:
             return False
         self._next_try[key] = (now + delay, min(delay * 2, 10 * self.interval))
         return True
+
+    def _forget_retries(self) -> None:
+        """Drop the retry state of objects that no longer exist."""
+        alive = {obj["metadata"]["uid"] for resource in ("pods", "replicasets") for obj in self.store.list(resource)}
+        for uid in set(self._next_try) - alive:
+            del self._next_try[uid]
 
     def _suffix(self, length: int) -> str:
         return "".join(self.rng.choice(NAME_ALPHABET) for _ in range(length))
