@@ -238,7 +238,10 @@ class ProviderCluster:
         return self._put_quota("apply_quota", name, hard, namespace, labels)
 
     def replace_quota(self, name: str, hard: dict, *, namespace: str | None = None) -> dict:
-        """Replace the hard limits of an existing ResourceQuota (``kubectl replace``); raises ApiException 404 without one."""
+        """Replace the hard limits of an existing ResourceQuota, like ``kubectl replace``.
+
+        Raises ApiException with status 404 when the quota does not exist.
+        """
         from kubernetes import client
 
         namespace = self.ensure_namespace(namespace)
@@ -261,7 +264,7 @@ class ProviderCluster:
     # -- tables ------------------------------------------------------------------------------------
 
     def deployments(self, namespace: str | None = None) -> "pd.DataFrame":
-        """Return the Deployments like ``kubectl get deployments``: NAME, READY, UP-TO-DATE, AVAILABLE, AGE, CONDITIONS."""
+        """Return the Deployments like ``kubectl get deployments``, with their conditions spelled out."""
         items = self.apps.list_namespaced_deployment(namespace or self.namespace).items
         return table(deployment_rows(items), "deployments")
 

@@ -55,7 +55,8 @@ def pod_rows(items) -> list[dict]:
     rows = []
     for item in items:
         statuses = item.status.container_statuses or []
-        unscheduled = next((c for c in item.status.conditions or [] if c.type == "PodScheduled" and c.status == "False"), None)
+        conditions = item.status.conditions or []
+        unscheduled = next((c for c in conditions if c.type == "PodScheduled" and c.status == "False"), None)
         rows.append({"NAME": item.metadata.name,
                      "READY": f"{sum(1 for s in statuses if s.ready)}/{len(item.spec.containers)}",
                      "STATUS": item.status.phase, "RESTARTS": sum(s.restart_count for s in statuses),

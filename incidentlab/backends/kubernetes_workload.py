@@ -34,7 +34,8 @@ def lease_status(cluster) -> list[dict]:
         from kubernetes.client import V1DeploymentStatus
 
         status, desired = item.status or V1DeploymentStatus(), item.spec.replicas
-        failure = next((c.reason for c in status.conditions or [] if c.type == "ReplicaFailure" and c.status == "True"), "")
+        conditions = status.conditions or []
+        failure = next((c.reason for c in conditions if c.type == "ReplicaFailure" and c.status == "True"), "")
         ready, updated = status.ready_replicas or 0, status.updated_replicas or 0
         leases.append({"lease": item.metadata.name, "desired": desired, "ready": ready, "updated": updated,
                        "fulfilled": ready >= desired and updated >= desired, "failure": failure})

@@ -75,7 +75,7 @@ class RestrictiveQuota(ClusterFault):
 
     def plan(self) -> list[str]:
         return [f"set ResourceQuota {self.target}/{self.quota} hard to {self.hard or 'its current usage'}",
-                f"on revert: restore the quota's previous hard limits or delete it"]
+                "on revert: restore the quota's previous hard limits or delete it"]
 
     def undo_steps(self) -> list[dict]:
         return [self._step("restore_quota", name=self.quota, snapshot=self.snapshot)]
@@ -93,7 +93,8 @@ class RestrictiveQuota(ClusterFault):
             self.snapshot = {"hard": dict(found.spec.hard or {}), "labels": dict(found.metadata.labels or {})}
             self.hard = self.hard or _tight(found.status.used or {}, found.spec.hard or {})
         elif not self.hard:
-            raise ConfigError(f"ResourceQuota {self.target}/{self.quota} does not exist; pass hard= with the limits to create it with, like {'pods': '0'}")
+            raise ConfigError(f"ResourceQuota {self.target}/{self.quota} does not exist; pass hard= with the "
+                              "limits to create it with, like hard={'pods': '0'}")
         return super().inject()
 
     def apply(self) -> None:
@@ -189,7 +190,8 @@ def run_cluster_undo(step: dict) -> str:
     from .cluster_faults_support import connect, restore_quota, restore_resources, delete_labelled
 
     cluster = connect(step)
-    actions = {"restore_quota": restore_quota, "delete_labelled": delete_labelled, "restore_resources": restore_resources}
+    actions = {"restore_quota": restore_quota, "delete_labelled": delete_labelled,
+               "restore_resources": restore_resources}
     return actions[step["action"]](cluster, step)
 
 

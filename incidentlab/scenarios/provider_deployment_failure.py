@@ -25,7 +25,8 @@ logger = logging.getLogger(__name__)
 
 TENANT_QUOTA = "tenant-quota"
 #: The tenant namespace's quota before the incident: room for every lease the workload brings.
-BASELINE_HARD = {"pods": "30", "requests.cpu": "6", "requests.memory": "12Gi", "limits.cpu": "12", "limits.memory": "24Gi"}
+BASELINE_HARD = {"pods": "30", "requests.cpu": "6", "requests.memory": "12Gi", "limits.cpu": "12",
+                 "limits.memory": "24Gi"}
 #: Leases running before the fault, each with two replicas of 250m cpu and 256Mi memory.
 BASELINE_LEASES = ("lease-akash-web", "lease-inference-api", "lease-postgres")
 VARIANTS = {
@@ -50,7 +51,8 @@ class ProviderDeploymentFailure(Simulation):
         if name is None:
             name = self.rng.choice(sorted(VARIANTS))
         if name not in VARIANTS:
-            raise ConfigError(f"variant={name!r} is unknown for {self.scenario_id}; use one of {', '.join(sorted(VARIANTS))}")
+            raise ConfigError(f"variant={name!r} is unknown for {self.scenario_id}; "
+                              f"use one of {', '.join(sorted(VARIANTS))}")
         severity, category, summary = VARIANTS[name]
         targets = {"quota-exceeded": [TENANT_QUOTA], "capacity-short": [BATCH_DEPLOYMENT],
                    "requests-missing": [self.rng.choice(BASELINE_LEASES)]}[name]
@@ -116,7 +118,8 @@ class ProviderDeploymentFailure(Simulation):
             unfulfilled = sorted(lease["lease"] for lease in leases if not lease["fulfilled"])
             rows.append({"time": _dt.datetime.now(_dt.timezone.utc).strftime("%H:%M:%S.%f")[:-3],
                          "leases": len(leases), "fulfilled": len(leases) - len(unfulfilled),
-                         "unfulfilled": ", ".join(unfulfilled), "pods Pending": int((pods["STATUS"] == "Pending").sum())})
+                         "unfulfilled": ", ".join(unfulfilled),
+                         "pods Pending": int((pods["STATUS"] == "Pending").sum())})
         return pd.DataFrame(rows)
 
     # -- verification and impact ---------------------------------------------------------------------

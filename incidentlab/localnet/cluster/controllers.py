@@ -311,14 +311,15 @@ class Cluster:
             if not node or pod["status"].get("phase") != "Pending":
                 continue
             started = now_text()
+            pod_ip = f"10.244.{self.rng.randint(0, 2)}.{self.rng.randint(2, 254)}"
             pod["status"].update(
-                phase="Running", hostIP="127.0.0.1", podIP=f"10.244.{self.rng.randint(0, 2)}.{self.rng.randint(2, 254)}",
+                phase="Running", hostIP="127.0.0.1", podIP=pod_ip,
                 startTime=started, qosClass=_qos_class(pod),
                 conditions=[_condition({}, kind, "True", None, None)
                             for kind in ("Initialized", "Ready", "ContainersReady", "PodScheduled")],
                 containerStatuses=[{"name": c["name"], "image": c.get("image", ""), "imageID": "", "ready": True,
                                     "restartCount": 0, "started": True,
-                                    "containerID": f"containerd://{hashlib.sha256((pod['metadata']['uid'] + c['name']).encode()).hexdigest()}",
+                                    "containerID": _container_id(pod, c),
                                     "state": {"running": {"startedAt": started}}}
                                    for c in pod["spec"].get("containers", [])])
             self.store.update("pods", pod)
@@ -399,11 +400,17 @@ def _fit(pod: dict, nodes: list[dict], pods: list[dict]) -> tuple[dict | None, s
     return None, f"0/{len(nodes)} nodes are available: {listed}."
 
 
+def _container_id(pod: dict, container: dict) -> str:
+    digest = hashlib.sha256((pod["metadata"]["uid"] + container["name"]).encode()).hexdigest()
+    return f"containerd://{digest}"
+
+
 def _default_deployment(deployment: dict) -> None:
     """Fill the defaults the API server gives a Deployment: one replica, a 25% rolling update."""
     spec = deployment["spec"]
     spec.setdefault("replicas", 1)
-    spec.setdefault("strategy", {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": "25%"}})
+    rolling = {"maxSurge": "25%", "maxUnavailable": "25%"}
+    spec.setdefault("strategy", {"type": "RollingUpdate", "rollingUpdate": rolling})
     spec.setdefault("revisionHistoryLimit", 10)
     spec.setdefault("progressDeadlineSeconds", 600)
 
@@ -412,7 +419,8 @@ def _qos_class(pod: dict) -> str:
     resources = [c.get("resources") or {} for c in pod["spec"].get("containers", [])]
     if not any(r.get("requests") or r.get("limits") for r in resources):
         return "BestEffort"
-    guaranteed = all((r.get("limits") or {}).get(k) and (r.get("limits") or {}).get(k) == (r.get("requests") or {}).get(k)
+    guaranteed = all((r.get("limits") or {}).get(k)
+                     and (r.get("limits") or {}).get(k) == (r.get("requests") or {}).get(k)
                      for r in resources for k in ("cpu", "memory"))
     return "Guaranteed" if guaranteed else "Burstable"
 
@@ -452,7 +460,8 @@ def _validate(resource: str, obj: dict) -> None:
     meta = obj.get("metadata") or {}
     name = meta.get("name") or ""
     if not name:
-        raise Invalid(f"{_kind_text(resource)} is invalid: metadata.name: Required value: name or generateName is required")
+        raise Invalid(f"{_kind_text(resource)} is invalid: metadata.name: Required value: "
+                      "name or generateName is required")
     if resource == "deployments":
         spec = obj.get("spec") or {}
         replicas = spec.get("replicas", 1)
@@ -469,7 +478,8 @@ def _validate(resource: str, obj: dict) -> None:
             try:
                 parse(key, value)
             except ValueError as exc:
-                raise Invalid(f'ResourceQuota "{name}" is invalid: spec.hard[{key}]: Invalid value: "{value}": {exc}') from exc
+                raise Invalid(f'ResourceQuota "{name}" is invalid: spec.hard[{key}]: '
+                              f'Invalid value: "{value}": {exc}') from exc
 
 
 def _kind_text(resource: str) -> str:

@@ -51,7 +51,9 @@ DEFAULT_NODE_PODS = "110"
 #: Namespaces that every cluster has from the start.
 SYSTEM_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
 _PATH = re.compile(r"^/(?:api|apis/(?P<group>apps))/v1"
-                   r"(?:/namespaces/(?P<ns>[^/]+)(?=/))?/(?P<resource>[a-z]+)(?:/(?P<name>[^/]+))?(?:/(?P<sub>status|scale))?$")
+                   r"(?:/namespaces/(?P<ns>[^/]+)(?=/))?/(?P<resource>[a-z]+)"
+                   r"(?:/(?P<name>[^/]+))?(?:/(?P<sub>status|scale))?$")
+NOT_ALLOWED = "the server does not allow this method on the requested resource"
 
 
 class ApiServer:
@@ -80,7 +82,7 @@ class ApiServer:
                   "/apis": discovery.api_group_list(), "/api/v1": discovery.resource_list(""),
                   "/apis/apps/v1": discovery.resource_list("apps")}
         if path in static:
-            return 200, static[path] if method == "GET" else _status(405, "MethodNotAllowed", "the server does not allow this method on the requested resource")
+            return (200, static[path]) if method == "GET" else (405, _status(405, "MethodNotAllowed", NOT_ALLOWED))
         match = _PATH.match(path)
         resource = discovery.find(match.group("group") or "", match.group("resource")) if match else None
         if resource is None:
@@ -110,7 +112,8 @@ class ApiServer:
             return 404, _status(404, "NotFound", "the server could not find the requested resource")
         if method == "GET" and name is None:
             if query.get("watch") in ("true", "1"):
-                return 405, _status(405, "MethodNotAllowed", "watch is not supported by the embedded cluster; poll with list")
+                message = "watch is not supported by the embedded cluster; poll with list"
+                return 405, _status(405, "MethodNotAllowed", message)
             items = _select(self.store.list(resource.name, namespace if resource.namespaced else None), query)
             if "as=Table" in headers.get("Accept", ""):
                 return 200, table(resource.name, items, self.store.version)
@@ -120,7 +123,7 @@ class ApiServer:
             obj = _body(body, resource, namespace)
             return 201, self.cluster.create(resource.name, obj)
         if name is None:
-            return 405, _status(405, "MethodNotAllowed", "the server does not allow this method on the requested resource")
+            return 405, _status(405, "MethodNotAllowed", NOT_ALLOWED)
         current = self.store.get(resource.name, namespace or "", name)
         if current is None:
             raise NotFound(resource.name if not sub else resource.name, name)
@@ -142,7 +145,7 @@ class ApiServer:
             return 200, {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
                          "details": {"name": name, "group": resource.group, "kind": resource.name,
                                      "uid": removed["metadata"]["uid"]}}
-        return 405, _status(405, "MethodNotAllowed", "the server does not allow this method on the requested resource")
+        return 405, _status(405, "MethodNotAllowed", NOT_ALLOWED)
 
     def _scale(self, method: str, deployment: dict, headers, body: bytes) -> tuple[int, dict]:
         if method in ("PUT", "PATCH"):
@@ -180,7 +183,8 @@ def bootstrap(store: Store, options: dict) -> None:
                        "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady",
                                        "message": "kubelet is posting ready status", "lastHeartbeatTime": now_text(),
                                        "lastTransitionTime": now_text()}],
-                       "addresses": [{"type": "InternalIP", "address": "127.0.0.1"}, {"type": "Hostname", "address": name}],
+                       "addresses": [{"type": "InternalIP", "address": "127.0.0.1"},
+                                     {"type": "Hostname", "address": name}],
                        "nodeInfo": _node_info(name)},
         })
     store.save_if_changed()
@@ -393,8 +397,13 @@ def _select(items: list[dict], query: dict) -> list[dict]:
     """Filter ``items`` by the query's labelSelector and fieldSelector."""
     labels = _parse_label_selector(query.get("labelSelector", ""))
     fields = _parse_field_selector(query.get("fieldSelector", ""))
-    return [obj for obj in items if all(test(obj["metadata"].get("labels") or {}) for test in labels)
-            and all(_field(obj, path) == value if equal else _field(obj, path) != value for path, equal, value in fields)]
+    selected = []
+    for obj in items:
+        if not all(test(obj["metadata"].get("labels") or {}) for test in labels):
+            continue
+        if all((_field(obj, path) == value) == equal for path, equal, value in fields):
+            selected.append(obj)
+    return selected
 
 
 def _field(obj: dict, path: str) -> str:

@@ -65,7 +65,8 @@ class Store:
         with self.lock:
             found = [obj for (kind, ns, _), obj in self._objects.items()
                      if kind == resource and (namespace is None or ns == namespace)]
-            return copy.deepcopy(sorted(found, key=lambda o: (o["metadata"].get("namespace", ""), o["metadata"]["name"])))
+            found.sort(key=lambda o: (o["metadata"].get("namespace", ""), o["metadata"]["name"]))
+            return copy.deepcopy(found)
 
     @property
     def version(self) -> str:

@@ -85,7 +85,8 @@ def _event(obj: dict) -> list:
 
 def _node(obj: dict) -> list:
     ready = "Ready" if not obj.get("spec", {}).get("unschedulable") else "Ready,SchedulingDisabled"
-    return [obj["metadata"]["name"], ready, "<none>", _age(obj), obj.get("status", {}).get("nodeInfo", {}).get("kubeletVersion", "")]
+    version = obj.get("status", {}).get("nodeInfo", {}).get("kubeletVersion", "")
+    return [obj["metadata"]["name"], ready, "<none>", _age(obj), version]
 
 
 def _namespace(obj: dict) -> list:
