@@ -231,3 +231,27 @@ def test_kubectl_get_and_describe(cluster, tmp_path):
     assert "exceeded quota: compute" in kubectl("describe", "replicaset")
     assert "limits.cpu" in kubectl("describe", "resourcequota", "compute")
     assert kubectl("get", "nodes").count("virtengine-worker-") == 3
+
+
+def test_state_survives_restart(tmp_path):
+    network = create_network(tmp_path / "localnet", chain_id="test-1", validators=1, time_scale=0.1,
+                             classic_ports=False)
+    spec = network.service(CLUSTER_NAME)
+    token_path = tmp_path / "localnet" / CLUSTER_NAME / "token"
+    uids = []
+    for _ in range(2):
+        process = subprocess.Popen(service_command(spec, network.path), stderr=subprocess.DEVNULL)
+        try:
+            assert wait_for(lambda: is_ready(spec, process.pid), READY_TIMEOUT)
+            scheme = "https" if cluster_certificate(spec) else "http"
+            path = write_embedded_kubeconfig(tmp_path, f"{scheme}://127.0.0.1:{spec.ports['api']}",
+                                             token_path.read_text().strip(), cluster_certificate(spec))
+            provider = ProviderCluster(kube_config.new_client_from_config(config_file=str(path)),
+                                       context=EMBEDDED_CONTEXT)
+            if not uids:
+                provider.apply_quota("compute", {"pods": "3"})
+            uids.append(provider.core.read_namespaced_resource_quota("compute", NAMESPACE).metadata.uid)
+        finally:
+            process.terminate()
+            process.wait(timeout=10)
+    assert uids[0] == uids[1]

@@ -83,6 +83,10 @@ class ApiServer:
                   "/apis/apps/v1": discovery.resource_list("apps")}
         if path in static:
             return (200, static[path]) if method == "GET" else (405, _status(405, "MethodNotAllowed", NOT_ALLOWED))
+        if body and "json" not in headers.get("Content-Type", "json"):
+            # kubectl sends protobuf first; a 415 makes client-go retry the request as JSON.
+            return 415, _status(415, "UnsupportedMediaType", "the body of the request was in an unknown format - "
+                                "accepted media types include: application/json, application/merge-patch+json")
         match = _PATH.match(path)
         resource = discovery.find(match.group("group") or "", match.group("resource")) if match else None
         if resource is None:
