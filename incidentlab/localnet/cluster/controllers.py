@@ -12,11 +12,12 @@ import logging
 import random
 import time
 
-from .admission import Forbidden, admit_pod, default_pod, pod_usage, quota_used
+from .admission import Forbidden, admit_pod, default_pod, quota_used
+from .objects import container_id, default_deployment, fit, qos_class, validate
 from .quantity import format_quantity, parse
 from .store import Store, now_text
 
-__all__ = ["Cluster", "NotFound", "Invalid"]
+__all__ = ["Cluster", "NotFound"]
 
 logger = logging.getLogger("incidentlab.localnet.cluster.controllers")
 
@@ -32,10 +33,6 @@ class NotFound(Exception):
         super().__init__(f'{resource} "{name}" not found')
         self.resource = resource
         self.name = name
-
-
-class Invalid(Exception):
-    """An object fails validation (HTTP 422, reason Invalid)."""
 
 
 class Cluster:
@@ -64,7 +61,7 @@ class Cluster:
         meta = obj.setdefault("metadata", {})
         if not meta.get("name") and meta.get("generateName"):
             meta["name"] = meta["generateName"] + self._suffix(5)
-        _validate(resource, obj)
+        validate(resource, obj)
         with self.store.lock:
             namespace = meta.get("namespace") or "default"
             if resource not in ("namespaces", "nodes") and self.store.get("namespaces", "", namespace) is None:
@@ -75,7 +72,7 @@ class Cluster:
             if resource == "namespaces":
                 obj.setdefault("status", {"phase": "Active"})
             if resource == "deployments":
-                _default_deployment(obj)
+                default_deployment(obj)
                 obj["status"] = {}
             if resource == "resourcequotas":
                 obj["status"] = self._quota_status(obj, self.store.list("pods", namespace))
@@ -83,7 +80,7 @@ class Cluster:
 
     def replace(self, resource: str, obj: dict) -> dict:
         """Replace an object (PUT), keeping status the controllers own; raises NotFound or Invalid."""
-        _validate(resource, obj)
+        validate(resource, obj)
         meta = obj["metadata"]
         with self.store.lock:
             old = self.store.get(resource, meta.get("namespace", ""), meta["name"])
@@ -287,7 +284,7 @@ class Cluster:
                 continue
             if not self._due(pod["metadata"]["uid"]):
                 continue
-            node, message = _fit(pod, nodes, pods)
+            node, message = fit(pod, nodes, pods)
             if node is None:
                 self._unschedulable(pod, message)
                 continue
@@ -314,12 +311,12 @@ class Cluster:
             pod_ip = f"10.244.{self.rng.randint(0, 2)}.{self.rng.randint(2, 254)}"
             pod["status"].update(
                 phase="Running", hostIP="127.0.0.1", podIP=pod_ip,
-                startTime=started, qosClass=_qos_class(pod),
+                startTime=started, qosClass=qos_class(pod),
                 conditions=[_condition({}, kind, "True", None, None)
                             for kind in ("Initialized", "Ready", "ContainersReady", "PodScheduled")],
                 containerStatuses=[{"name": c["name"], "image": c.get("image", ""), "imageID": "", "ready": True,
                                     "restartCount": 0, "started": True,
-                                    "containerID": _container_id(pod, c),
+                                    "containerID": container_id(pod, c),
                                     "state": {"running": {"startedAt": started}}}
                                    for c in pod["spec"].get("containers", [])])
             self.store.update("pods", pod)
@@ -367,64 +364,6 @@ class Cluster:
         return "".join(self.rng.choice(NAME_ALPHABET) for _ in range(length))
 
 
-def _fit(pod: dict, nodes: list[dict], pods: list[dict]) -> tuple[dict | None, str]:
-    """Return (a node with room for ``pod``, "") or (None, the scheduler's FailedScheduling message)."""
-    wanted = pod_usage(pod)
-    reasons: dict[str, int] = {}
-    fitting: list[tuple[int, str, dict]] = []
-    for node in nodes:
-        if node.get("spec", {}).get("unschedulable"):
-            reasons["node(s) were unschedulable"] = reasons.get("node(s) were unschedulable", 0) + 1
-            continue
-        allocatable = node.get("status", {}).get("allocatable", {})
-        on_node = [p for p in pods if p["spec"].get("nodeName") == node["metadata"]["name"]
-                   and p.get("status", {}).get("phase") not in ("Succeeded", "Failed")]
-        failed = []
-        if len(on_node) + 1 > parse("pods", allocatable.get("pods", "110")):
-            failed.append("Too many pods")
-        free_cpu = 0
-        for resource in ("cpu", "memory"):
-            used = sum(pod_usage(p).get(resource, 0) for p in on_node)
-            free = parse(resource, allocatable.get(resource, "0")) - used - wanted.get(resource, 0)
-            if free < 0:
-                failed.append(f"Insufficient {resource}")
-            free_cpu = free if resource == "cpu" else free_cpu
-        if not failed:
-            fitting.append((-free_cpu, node["metadata"]["name"], node))
-        for reason in failed:
-            reasons[reason] = reasons.get(reason, 0) + 1
-    if fitting:
-        # Like the default scheduler's LeastAllocated score: the node with the most cpu left wins.
-        return min(fitting, key=lambda item: item[:2])[2], ""
-    listed = ", ".join(f"{count} {reason}" for reason, count in sorted(reasons.items()))
-    return None, f"0/{len(nodes)} nodes are available: {listed}."
-
-
-def _container_id(pod: dict, container: dict) -> str:
-    digest = hashlib.sha256((pod["metadata"]["uid"] + container["name"]).encode()).hexdigest()
-    return f"containerd://{digest}"
-
-
-def _default_deployment(deployment: dict) -> None:
-    """Fill the defaults the API server gives a Deployment: one replica, a 25% rolling update."""
-    spec = deployment["spec"]
-    spec.setdefault("replicas", 1)
-    rolling = {"maxSurge": "25%", "maxUnavailable": "25%"}
-    spec.setdefault("strategy", {"type": "RollingUpdate", "rollingUpdate": rolling})
-    spec.setdefault("revisionHistoryLimit", 10)
-    spec.setdefault("progressDeadlineSeconds", 600)
-
-
-def _qos_class(pod: dict) -> str:
-    resources = [c.get("resources") or {} for c in pod["spec"].get("containers", [])]
-    if not any(r.get("requests") or r.get("limits") for r in resources):
-        return "BestEffort"
-    guaranteed = all((r.get("limits") or {}).get(k)
-                     and (r.get("limits") or {}).get(k) == (r.get("requests") or {}).get(k)
-                     for r in resources for k in ("cpu", "memory"))
-    return "Guaranteed" if guaranteed else "Burstable"
-
-
 def _pod_ready(pod: dict) -> bool:
     return any(c["type"] == "Ready" and c["status"] == "True" for c in pod.get("status", {}).get("conditions", []))
 
@@ -455,33 +394,3 @@ def _template_hash(template: dict) -> str:
     digest = hashlib.sha256(json.dumps(template, sort_keys=True).encode()).digest()
     return "".join(NAME_ALPHABET[b % len(NAME_ALPHABET)] for b in digest[:10])
 
-
-def _validate(resource: str, obj: dict) -> None:
-    meta = obj.get("metadata") or {}
-    name = meta.get("name") or ""
-    if not name:
-        raise Invalid(f"{_kind_text(resource)} is invalid: metadata.name: Required value: "
-                      "name or generateName is required")
-    if resource == "deployments":
-        spec = obj.get("spec") or {}
-        replicas = spec.get("replicas", 1)
-        if not isinstance(replicas, int) or replicas < 0:
-            raise Invalid(f'{_kind_text(resource)} "{name}" is invalid: spec.replicas: Invalid value: {replicas}: '
-                          "must be greater than or equal to 0")
-        selector = (spec.get("selector") or {}).get("matchLabels") or {}
-        labels = ((spec.get("template") or {}).get("metadata") or {}).get("labels") or {}
-        if not selector or any(labels.get(k) != v for k, v in selector.items()):
-            raise Invalid(f'{_kind_text(resource)} "{name}" is invalid: spec.template.metadata.labels: Invalid value: '
-                          f"{labels}: `selector` does not match template `labels`")
-    if resource == "resourcequotas":
-        for key, value in ((obj.get("spec") or {}).get("hard") or {}).items():
-            try:
-                parse(key, value)
-            except ValueError as exc:
-                raise Invalid(f'ResourceQuota "{name}" is invalid: spec.hard[{key}]: '
-                              f'Invalid value: "{value}": {exc}') from exc
-
-
-def _kind_text(resource: str) -> str:
-    return {"deployments": "Deployment.apps", "replicasets": "ReplicaSet.apps", "pods": "Pod",
-            "resourcequotas": "ResourceQuota", "namespaces": "Namespace", "nodes": "Node", "events": "Event"}[resource]
