@@ -54,9 +54,9 @@ def service_command(spec: ValidatorSpec | ServiceSpec, network_path: str | os.Pa
 def ready_url(spec: ValidatorSpec | ServiceSpec) -> str | None:
     """Return the URL that responds once ``spec`` is ready, or None for a service without a port.
 
-    A validator is ready when its RPC responds to GET /health, the gateway when its /metrics
-    responds, because it binds its REST port before its metrics port, and the cluster when its
-    API server responds to GET /readyz.
+    A validator is ready when its RPC responds to GET /health. The gateway is ready when its
+    /metrics responds, because it binds its REST port before its metrics port. The cluster is
+    ready when its API server responds to GET /readyz.
     """
     if kind_of(spec) == "validator":
         return f"{spec.rpc_url}/health"

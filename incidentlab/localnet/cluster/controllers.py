@@ -6,6 +6,7 @@ the objects, conditions and events are what ``kubectl`` or the Python client rea
 
 from __future__ import annotations
 
+import datetime as _dt
 import hashlib
 import json
 import logging
@@ -24,6 +25,8 @@ logger = logging.getLogger("incidentlab.localnet.cluster.controllers")
 #: Characters of generated names and the pod-template-hash, as in Kubernetes (no vowels).
 NAME_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"
 HASH_LABEL = "pod-template-hash"
+#: Seconds an event is kept after its last occurrence, the API server's default --event-ttl of 1h.
+EVENT_TTL = 3600
 
 
 class NotFound(Exception):
@@ -227,11 +230,11 @@ class Cluster:
     def _sync_replicaset(self, replicaset: dict) -> None:
         meta = replicaset["metadata"]
         pods = self._owned("pods", meta["namespace"], meta["uid"])
-        wanted = replicaset["spec"].get("replicas", 0)
+        desired = replicaset["spec"].get("replicas", 0)
         failure = None
-        if len(pods) < wanted and self._due(meta["uid"]):
-            failure = self._create_pods(replicaset, wanted - len(pods))
-        for extra in pods[wanted:] if len(pods) > wanted else []:
+        if len(pods) < desired and self._due(meta["uid"]):
+            failure = self._create_pods(replicaset, desired - len(pods))
+        for extra in pods[desired:]:
             self.store.delete("pods", meta["namespace"], extra["metadata"]["name"])
             self.store.record_event(replicaset, "Normal", "SuccessfulDelete",
                                     f"Deleted pod: {extra['metadata']['name']}", "replicaset-controller")
@@ -240,7 +243,7 @@ class Cluster:
         conditions = list(previous.values())
         if failure is not None:
             conditions = [_condition(previous, "ReplicaFailure", "True", "FailedCreate", failure)]
-        elif len(pods) >= wanted:
+        elif len(pods) >= desired:
             conditions = []
         ready = sum(1 for p in pods if _pod_ready(p))
         status = {"replicas": len(pods), "fullyLabeledReplicas": len(pods), "readyReplicas": ready,
@@ -327,7 +330,12 @@ class Cluster:
     # -- helpers ---------------------------------------------------------------------------------
 
     def _collect_garbage(self) -> None:
-        """Delete replicasets and pods whose controlling owner is gone (background propagation)."""
+        """Delete replicasets and pods whose controlling owner is gone, and events past their TTL."""
+        expired = (_dt.datetime.now(_dt.timezone.utc) - _dt.timedelta(seconds=EVENT_TTL)).strftime("%Y-%m-%dT%H:%M:%SZ")
+        for event in self.store.list("events"):
+            # RFC 3339 times in UTC with whole seconds sort as text.
+            if (event.get("lastTimestamp") or "") < expired:
+                self.store.delete("events", event["metadata"]["namespace"], event["metadata"]["name"])
         for resource, owner_resource in (("replicasets", "deployments"), ("pods", "replicasets")):
             owners = {o["metadata"]["uid"] for o in self.store.list(owner_resource)}
             for obj in self.store.list(resource):

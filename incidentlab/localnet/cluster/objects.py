@@ -16,7 +16,7 @@ class Invalid(Exception):
 
 def fit(pod: dict, nodes: list[dict], pods: list[dict]) -> tuple[dict | None, str]:
     """Return (a node with room for ``pod``, "") or (None, the scheduler's FailedScheduling message)."""
-    wanted = pod_usage(pod)
+    requested = pod_usage(pod)
     reasons: dict[str, int] = {}
     fitting: list[tuple[int, str, dict]] = []
     for node in nodes:
@@ -32,7 +32,7 @@ def fit(pod: dict, nodes: list[dict], pods: list[dict]) -> tuple[dict | None, st
         free_cpu = 0
         for resource in ("cpu", "memory"):
             used = sum(pod_usage(p).get(resource, 0) for p in on_node)
-            free = parse(resource, allocatable.get(resource, "0")) - used - wanted.get(resource, 0)
+            free = parse(resource, allocatable.get(resource, "0")) - used - requested.get(resource, 0)
             if free < 0:
                 failed.append(f"Insufficient {resource}")
             free_cpu = free if resource == "cpu" else free_cpu

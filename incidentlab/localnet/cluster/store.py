@@ -102,8 +102,8 @@ class Store:
             meta = obj["metadata"]
             key = (resource, _ns(resource, meta.get("namespace", "")), meta["name"])
             old = self._objects[key]
-            wanted = meta.get("resourceVersion")
-            if check_version and wanted and wanted != old["metadata"]["resourceVersion"]:
+            expected = meta.get("resourceVersion")
+            if check_version and expected and expected != old["metadata"]["resourceVersion"]:
                 raise Conflict(f'Operation cannot be fulfilled on {resource} "{meta["name"]}": the object has been '
                                "modified; please apply your changes to the latest version and try again")
             for field in ("uid", "creationTimestamp", "namespace"):
