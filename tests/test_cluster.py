@@ -9,6 +9,7 @@ import subprocess
 import time
 
 import pytest
+import requests
 import yaml
 from kubernetes import client
 from kubernetes import config as kube_config
@@ -255,3 +256,17 @@ def test_state_survives_restart(tmp_path):
             process.terminate()
             process.wait(timeout=10)
     assert uids[0] == uids[1]
+
+
+def test_protobuf_body_is_415(cluster):
+    kubeconfig = yaml.safe_load(cluster.kubeconfig.read_text())
+    server = kubeconfig["clusters"][0]["cluster"]["server"]
+    token = kubeconfig["users"][0]["user"]["token"]
+    session = requests.Session()
+    session.trust_env = False  # loopback only, whatever proxy the environment names
+    response = session.post(f"{server}/api/v1/namespaces/{NAMESPACE}/pods", data=b"k8s\x00\x0a", timeout=5,
+                            headers={"Content-Type": "application/vnd.kubernetes.protobuf",
+                                     "Authorization": f"Bearer {token}"},
+                            verify=cluster.api_client.configuration.ssl_ca_cert or True)
+    assert response.status_code == 415
+    assert response.json()["reason"] == "UnsupportedMediaType"

@@ -122,6 +122,10 @@ def test_interactive_remedy_is_recorded(lab):
     sim = lab.simulation("provider-deployment-failure", learner="tester", seed=2, variant="requests-missing")
     sim.inject()
     target = sim.variant["targets"][0]
+    assert wait_for(lambda: not lab.cluster.events(reason="FailedCreate").empty)
+    message = lab.cluster.events(reason="FailedCreate")["MESSAGE"].iloc[0]
+    assert message.endswith("is forbidden: failed quota: tenant-quota: must specify limits.cpu for: app; "
+                            "limits.memory for: app; requests.cpu for: app; requests.memory for: app")
     lab.cluster.set_resources(target, requests={"cpu": "250m", "memory": "256Mi"},
                               limits={"cpu": "500m", "memory": "512Mi"})
     assert sim.verify(timeout=30).ok
