@@ -28,6 +28,7 @@ __all__ = [
     "CLASSIC_PORTS",
     "GATEWAY_NAME",
     "CLIENT_NAME",
+    "VEID_NAME",
     "DEFAULT_UPSTREAM_TIMEOUT",
     "DEFAULT_CLIENT_RATE",
     "DEFAULT_CLIENT_CONCURRENCY",
@@ -39,6 +40,9 @@ CLASSIC_PORTS = {"p2p": 26656, "rpc": 26657, "metrics": 26660}
 CLASSIC_REST_PORT = 1317
 GATEWAY_NAME = "virtengine-gateway"
 CLIENT_NAME = "virtengine-client"
+VEID_NAME = "virtengine-veid"
+#: Verification requests per second of the VEID service's background stream, before time scaling.
+DEFAULT_VEID_RATE = 1.0
 #: Upstream timeout of the gateway in seconds, before time scaling.
 DEFAULT_UPSTREAM_TIMEOUT = 2.0
 #: Requests per second that the client sends to the gateway.
@@ -111,9 +115,9 @@ class ValidatorSpec:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class ServiceSpec:
-    """A localnet service that is not a validator: the API gateway or the client load.
+    """A localnet service that is not a validator: the API gateway, the client load or the VEID service.
 
-    ``kind`` is "gateway" or "client". ``ports`` maps a port kind ("rest", "metrics") to its
+    ``kind`` is "gateway", "client" or "veid". ``ports`` maps a port kind ("rest", "metrics") to its
     number on 127.0.0.1 and is empty for a service that listens on none. ``options`` contains the
     kind's settings, such as the gateway's upstream validator or the client's request rate.
     """
@@ -187,7 +191,7 @@ def create_network(
     free ports on 127.0.0.1 at the time of the call; the first validator gets the classic
     CometBFT ports when ``classic_ports`` is true and they are free. With ``with_services``
     the localnet also gets the API gateway in front of the first validator (REST on the classic
-    port 1317 under the same rule) and a client load seeded with ``seed``.
+    port 1317 under the same rule), a client load seeded with ``seed`` and the VEID scoring service.
     """
     directory = Path(directory)
     rng = random.Random(f"{chain_id}:{seed}")
@@ -281,7 +285,15 @@ def _service_specs(directory: Path, upstream: str, seed: int, classic_ports: boo
         options={"gateway": GATEWAY_NAME, "rate": DEFAULT_CLIENT_RATE, "seed": seed,
                  "concurrency": DEFAULT_CLIENT_CONCURRENCY},
     )
-    return gateway, client
+    # The VEID scoring service runs on the local backend only: it needs numpy and Pillow.
+    veid = ServiceSpec(
+        name=VEID_NAME,
+        kind="veid",
+        ports={"rest": _pick_port(None, taken), "metrics": _pick_port(None, taken)},
+        home=str(directory / VEID_NAME),
+        options={"rate": DEFAULT_VEID_RATE, "seed": seed},
+    )
+    return gateway, client, veid
 
 
 def _pick_port(wanted: int | None, taken: set[int]) -> int:

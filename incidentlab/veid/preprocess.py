@@ -45,9 +45,12 @@ def preprocess(data: bytes, config: PreprocessConfig) -> np.ndarray:
     try:
         with Image.open(io.BytesIO(data)) as image:
             rgb = image.convert("RGB").resize((INPUT_SIZE, INPUT_SIZE), Image.Resampling.BILINEAR)
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise VeidError(f"the capture ({len(data)} bytes) is not a decodable image: {exc}; "
+    except UnidentifiedImageError as exc:
+        raise VeidError(f"the capture ({len(data)} bytes) is not an image format Pillow can identify; "
                         "send JPEG or PNG bytes") from exc
+    except (OSError, ValueError) as exc:  # a truncated or corrupt file of a known format
+        raise VeidError(f"the capture ({len(data)} bytes) could not be decoded: {exc}; "
+                        "send a complete JPEG or PNG file") from exc
     tensor = np.asarray(rgb, dtype=np.float32) / np.float32(config.divisor)
     if config.channel_order == "BGR":
         tensor = tensor[:, :, ::-1]
