@@ -40,6 +40,7 @@ class Lab:
         self.simulation_running: Simulation | None = None
         self._rpc: CometBFTClient | None = None
         self._monitor = None
+        self._veid = None
 
     # -- connecting --------------------------------------------------------------------
 
@@ -148,6 +149,20 @@ class Lab:
     def query(self, expr: str) -> "pd.DataFrame":
         """Run a PromQL instant query on the lab's Prometheus, like the lab document's curl calls."""
         return self.monitor.client().query(expr)
+
+    # -- VEID --------------------------------------------------------------------------
+
+    @property
+    def veid(self):
+        """Client of the VEID scoring service: score, revisions, diff, deploy, rollback and the investigation tools.
+
+        The service runs on the local backend only; on another backend the first call raises ScenarioError.
+        """
+        from .veid.client import VeidClient
+
+        if self._veid is None:
+            self._veid = VeidClient(self)
+        return self._veid
 
     # -- targets -----------------------------------------------------------------------
 

@@ -362,3 +362,7 @@ def _check_seconds(name: str, value: Any, allow_zero: bool = False) -> float:
 def _iso(moment: _dt.datetime) -> str:
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
+
+
+# Registers "veid-bad-revision"; imported last because it subclasses Fault.
+from . import veid_fault  # noqa: E402,F401
