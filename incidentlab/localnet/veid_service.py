@@ -35,7 +35,7 @@ SCORE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.75, 0.8, 0.9, 1.0)
 #: Verification requests per second of the background stream at time_scale 1, and the maximum
 #: after dividing by the time scale (so a compressed lab does not cost a core).
 DEFAULT_STREAM_RATE = 1.0
-MAX_STREAM_RATE = 5.0
+MAX_STREAM_RATE = 8.0
 #: Seconds of scores behind virtengine_veid_scoring_score_avg at time_scale 1, and the floor after scaling.
 SCORE_WINDOW = 60.0
 MIN_SCORE_WINDOW = 5.0

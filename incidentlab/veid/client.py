@@ -86,10 +86,11 @@ class VeidClient:
         data = self._get("/revisions")
         return next(r for r in data["revisions"] if r["id"] == data["current"])
 
-    def diff(self, a: str, b: str | None = None) -> "pd.DataFrame":
-        """Return the settings that differ between revisions ``a`` and ``b`` (default: the current one).
+    def diff(self, a: str | None = None, b: str | None = None) -> "pd.DataFrame":
+        """Return the settings that differ between revisions ``a`` and ``b``, like ``git diff a b``.
 
-        Like ``git diff a b`` on the configuration. Raises ConfigError for an unknown revision id.
+        ``b`` defaults to the current revision and ``a`` to the one before ``b``. Raises
+        ConfigError for an unknown revision id.
         """
         import pandas as pd
 
@@ -98,6 +99,9 @@ class VeidClient:
         data = self._get("/revisions")
         configs = {r["id"]: r["config"] for r in data["revisions"]}
         b = b or data["current"]
+        if a is None and b in configs:
+            order = list(configs)
+            a = order[max(0, order.index(b) - 1)]
         for name in (a, b):
             if name not in configs:
                 raise ConfigError(f"revision {name!r} does not exist; known revisions: {', '.join(configs)}")
@@ -148,6 +152,34 @@ class VeidClient:
         if match.empty:
             raise VeidError(f"{SERVICE_NAME} exposes no series {name}{{{text}}}; list them with lab.veid.metrics()")
         return float(match["value"].iloc[0])
+
+    def watch(self, count: int = 6, interval: float | None = None) -> "pd.DataFrame":
+        """Read /metrics ``count`` times, ``interval`` seconds apart (default 10 s times the time scale).
+
+        Returns one row per reading: the score average and, since the reading before, the
+        verifications, rejections and errors. It is the loop of ``curl /metrics`` an operator runs.
+        """
+        import datetime as _dt
+        import time
+
+        import pandas as pd
+
+        interval = 10.0 * self.lab.config.time_scale if interval is None else interval
+        names = {"requests": "virtengine_veid_scoring_requests_total", "rejections": "virtengine_veid_scoring_rejections_total",
+                 "errors": "virtengine_veid_scoring_errors_total"}
+        rows, previous = [], None
+        for index in range(count + 1):
+            frame = self.metrics()
+            totals = {key: float(frame.loc[frame["name"] == name, "value"].sum()) for key, name in names.items()}
+            if previous is not None:
+                average = frame.loc[frame["name"] == "virtengine_veid_scoring_score_avg", "value"]
+                rows.append({"time": _dt.datetime.now(_dt.timezone.utc).strftime("%H:%M:%S"),
+                             "score_avg": round(float(average.iloc[0]), 3) if len(average) else float("nan"),
+                             **{key: int(totals[key] - previous[key]) for key in names}})
+            previous = totals
+            if index < count:
+                time.sleep(interval)
+        return pd.DataFrame(rows, columns=["time", "score_avg", *names])
 
     def verifications(self, since: str | None = None, revision: str | None = None) -> "pd.DataFrame":
         """Return the recent verifications the service logged: time, request, source, revision, score, status, inputs."""
