@@ -272,7 +272,7 @@ class Lab:
     # -- faults --------------------------------------------------------------------------
 
     def fault(self, kind: str, target: str, **params) -> "Fault":
-        """Create a fault of ``kind`` (pause, pause-cycle, stop, kill, restart, cpu-stress) on ``target``.
+        """Create a fault of ``kind`` (pause, pause-cycle, stop, kill, restart, cpu-stress, veid-bad-revision) on ``target``.
 
         Use it as a context manager, or call ``inject()`` and ``revert()``. Pass ``dry_run=True``
         to see the plan only. Raises ConfigError for an unknown kind.

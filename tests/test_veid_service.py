@@ -72,7 +72,7 @@ def test_score_endpoint_answers(lab):
         lab.veid.score(b"not an image")
 
 
-def test_metrics_have_issue_names(lab):
+def test_metrics_expose_veid_series(lab):
     assert wait_for(scored(lab, 10))
     found = families(lab)
     for name in METRICS:
@@ -90,6 +90,10 @@ def test_deploy_rejects_unknown_setting(lab):
         lab.veid.deploy({"divisor": -1})
     with pytest.raises(ConfigError, match="rev-99"):
         lab.veid.rollback(to="rev-99")
+    with pytest.raises(ConfigError, match="variant='gamma'"):
+        lab.fault("veid-bad-revision", SERVICE_NAME, variant="gamma")
+    with pytest.raises(ConfigError, match="not the VEID service"):
+        lab.fault("veid-bad-revision", "virtengine-node-0")
 
 
 def test_fault_collapses_scores_and_rollback_restores(lab):

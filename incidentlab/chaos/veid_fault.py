@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError
+from ..veid import SERVICE_NAME
 from .faults import Fault, register
 
 if TYPE_CHECKING:
@@ -39,9 +40,11 @@ class VeidBadRevision(Fault):
     ConfigError for an unknown variant.
     """
 
-    def __init__(self, lab: "Lab", target: str = "virtengine-veid", *, variant: str = "divisor-1000",
+    def __init__(self, lab: "Lab", target: str = SERVICE_NAME, *, variant: str = "divisor-1000",
                  author: str = DEFAULT_AUTHOR, **options: Any) -> None:
         super().__init__(lab, target, **options)
+        if target != SERVICE_NAME:
+            raise ConfigError(f"target {target!r} is not the VEID service; veid-bad-revision deploys to {SERVICE_NAME}")
         if variant not in VARIANTS:
             raise ConfigError(f"variant={variant!r} is unknown for veid-bad-revision; use one of {', '.join(VARIANTS)}")
         self.variant = variant

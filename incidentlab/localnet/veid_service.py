@@ -77,6 +77,7 @@ class VeidService:
         self._sequence = 0
         self._active: dict = {}
         self._versions: set[str] = set()
+        self._last_failure: tuple[int, str] | None = None
         self.registry = Registry()
         self.score_avg = self.registry.register(Gauge(
             "virtengine_veid_scoring_score_avg", "Mean VEID score over the recent window of verifications."))
@@ -155,7 +156,7 @@ class VeidService:
         config = revision["config"]
         model, error = None, ""
         try:
-            # Loaded again on every activation, so the hash check sees the file as it is now.
+            # Loaded again on every activation, so the hash check reads the file as it is now.
             model = load_model(config.get("model_file") or None, version=config["model_version"])
         except (VeidError, ConfigError) as exc:
             error = str(exc)
@@ -212,6 +213,11 @@ class VeidService:
         return self.registry.render()
 
     def _failed(self, entry: dict, status: int, message: str) -> tuple[int, dict]:
+        # One log line per new kind of failure, not one per request of the stream.
+        if self._last_failure != (status, entry["revision"]):
+            logger.error("scoring failed with HTTP %d service=%s revision=%s request=%s: %s", status,
+                         self.spec.name, entry["revision"], entry["request_id"], message)
+        self._last_failure = (status, entry["revision"])
         entry.update(score=None, status="error", error=message)
         self._record(entry)
         return status, {"request_id": entry["request_id"], "error": message, "revision": entry["revision"]}
@@ -373,8 +379,10 @@ class _ApiHandler(_Handler):
             else:
                 self._send(404, {"error": f"no route POST {url.path}"})
         except KeyError as exc:
+            logger.info("rejected POST %s with HTTP 404 service=%s: %s", url.path, service.spec.name, exc.args[0])
             self._send(404, {"error": exc.args[0]})
         except ValueError as exc:
+            logger.info("rejected POST %s with HTTP 400 service=%s: %s", url.path, service.spec.name, exc)
             self._send(400, {"error": str(exc)})
 
 

@@ -154,9 +154,9 @@ class VeidClient:
         return float(match["value"].iloc[0])
 
     def watch(self, count: int = 6, interval: float | None = None) -> "pd.DataFrame":
-        """Read /metrics ``count`` times, ``interval`` seconds apart (default 10 s times the time scale).
+        """Read /metrics once, then ``count`` more times ``interval`` seconds apart (default 10 s times the time scale).
 
-        Returns one row per reading: the score average and, since the reading before, the
+        Returns one row per later reading: the score average and, since the reading before, the
         verifications, rejections and errors. It is the loop of ``curl /metrics`` an operator runs.
         """
         import datetime as _dt
