@@ -43,14 +43,16 @@ def start_seconds(with_veid: bool, time_scale: float) -> float:
 
 
 def idle_cpu(time_scale: float, seconds: float) -> float:
-    """Return the VEID process's CPU use in cores over ``seconds``, after a warm-up that fills its capture pool."""
+    """Return the VEID process's CPU use in cores over ``seconds``, after a 30 s warm-up."""
     with tempfile.TemporaryDirectory() as home:
         config = LabConfig(home=Path(home), backend="local", validators=4, time_scale=time_scale, classic_ports=False)
         localnet = Localnet(config)
         localnet.up()
         try:
             pid = localnet.state("virtengine-veid")["pid"]
-            time.sleep(30)  # the stream draws new captures until its pool of 128 is full
+            # At 8 verifications/s (time_scale 0.1) this fills the stream's pool of 128 captures;
+            # at 1/s (time_scale 1) it does not, so that figure includes drawing captures.
+            time.sleep(30)
             before = _cpu_seconds(pid)
             time.sleep(seconds)
             return (_cpu_seconds(pid) - before) / seconds
