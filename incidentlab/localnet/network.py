@@ -285,7 +285,7 @@ def _service_specs(directory: Path, upstream: str, seed: int, classic_ports: boo
         options={"gateway": GATEWAY_NAME, "rate": DEFAULT_CLIENT_RATE, "seed": seed,
                  "concurrency": DEFAULT_CLIENT_CONCURRENCY},
     )
-    # The VEID scoring service runs on the local backend only: it needs numpy and Pillow.
+    # The VEID scoring service runs on the local backend only, because it needs numpy and Pillow.
     veid = ServiceSpec(
         name=VEID_NAME,
         kind="veid",
