@@ -154,3 +154,11 @@ def test_sigkilled_injector_cleaned_up(lab):
     assert fault_id in result.stdout
     assert lab.veid.current()["config"] == DEFAULT_CONFIG
     assert Journal(lab.config.home).read(fault_id)["state"] == "reverted"
+
+
+def test_watch_counts_stream_requests(lab):
+    frame = lab.veid.watch(count=2, interval=0.5)
+    assert len(frame) == 2
+    assert list(frame.columns) == ["time", "score_avg", "requests", "rejections", "errors", "rejection_ratio"]
+    assert frame["requests"].sum() > 0  # the background stream scores without the learner
+    assert (frame["rejections"] <= frame["requests"]).all()

@@ -125,28 +125,13 @@ class VeidService:
         return revision
 
     def model_check(self) -> dict:
-        """Return the current revision's model check: file, version, hashes, loaded, and a determinism test."""
-        from ..veid.captures import capture_bytes
-        from ..veid.model import MODEL_DIR, read_manifest, sha256_of
-        from ..veid.preprocess import PreprocessConfig, preprocess
+        """Return the current revision's model check (see incidentlab.veid.model.check_model)."""
+        from ..veid.model import check_model
 
         self.loaded.wait(LOAD_TIMEOUT)
         active = self._active
-        config = active["revision"]["config"]
-        manifest = read_manifest()
-        path = config.get("model_file") or str(MODEL_DIR / manifest["file"])
-        try:
-            actual = sha256_of(path)
-        except OSError as exc:
-            actual = f"unreadable: {exc}"
-        check = {"revision": active["revision"]["id"], "model_file": path, "model_version": config["model_version"],
-                 "manifest_version": manifest["version"], "expected_sha256": manifest["sha256"],
-                 "actual_sha256": actual, "loaded": active["model"] is not None, "error": active["error"]}
-        if active["model"] is not None:
-            tensor = preprocess(capture_bytes(0), PreprocessConfig())
-            first, second = active["model"].score(tensor), active["model"].score(tensor)
-            check.update(probe_score=first, repeat_score=second, deterministic=first == second)
-        return check
+        check = check_model(active["model"], active["revision"]["config"], active["error"])
+        return {"revision": active["revision"]["id"], **check}
 
     def _activate(self, revision: dict) -> None:
         from ..errors import ConfigError, VeidError

@@ -72,15 +72,11 @@ class VeidScoringAnomaly(Simulation):
         return actions
 
     def recovery_checks(self) -> list[dict]:
-        from ..veid.stats import DRIFT_ALPHA, drift_test, load_baseline
-
         veid = self.lab.veid
         current = veid.current()
         good = self.fault.good
         changed = [row["setting"] for row in veid.diff(good["id"], current["id"]).to_dict("records")]
         model = veid.model_check()
-        scores = veid.verifications(revision=current["id"])["score"].dropna().tolist()
-        baseline = load_baseline()
         checks = [
             _check(f"configuration equals {good['id']}", not changed,
                    f"{current['id']} differs in {', '.join(changed)}" if changed else f"{current['id']} matches",
@@ -88,18 +84,25 @@ class VeidScoringAnomaly(Simulation):
             _check("model check passes", bool(model["ok"].all()),
                    ", ".join(model.loc[~model["ok"], "check"]) or "all checks pass", "all checks pass"),
         ]
+        return checks + self._score_checks(current["id"])
+
+    def _score_checks(self, revision: str) -> list[dict]:
+        """Return the mean-score and drift checks over the verifications scored by ``revision``."""
+        from ..veid.stats import DRIFT_ALPHA, drift_test, load_baseline
+
+        scores = self.lab.veid.verifications(revision=revision)["score"].dropna().tolist()
         if len(scores) < VERIFY_SAMPLES:
-            waiting = f"{len(scores)} of {VERIFY_SAMPLES} verifications scored by {current['id']}"
-            checks.append(_check("mean score near the baseline", False, waiting, f"{VERIFY_SAMPLES} verifications"))
-            checks.append(_check("drift test passes", False, waiting, f"{VERIFY_SAMPLES} verifications"))
-            return checks
+            waiting = f"{len(scores)} of {VERIFY_SAMPLES} verifications scored by {revision}"
+            return [_check("mean score near the baseline", False, waiting, f"{VERIFY_SAMPLES} verifications"),
+                    _check("drift test passes", False, waiting, f"{VERIFY_SAMPLES} verifications")]
+        baseline = load_baseline()
         mean = sum(scores) / len(scores)
         drift = drift_test(scores, baseline)
-        checks.append(_check("mean score near the baseline", abs(mean - baseline["score_mean"]) <= MEAN_TOLERANCE,
-                             f"{mean:.3f} over {len(scores)} verifications",
-                             f"{baseline['score_mean']:.3f} ± {MEAN_TOLERANCE}"))
-        checks.append(_check("drift test passes", not drift.drift, f"p = {drift.pvalue:.3g}", f"p >= {DRIFT_ALPHA}"))
-        return checks
+        return [
+            _check("mean score near the baseline", abs(mean - baseline["score_mean"]) <= MEAN_TOLERANCE,
+                   f"{mean:.3f} over {len(scores)} verifications", f"{baseline['score_mean']:.3f} ± {MEAN_TOLERANCE}"),
+            _check("drift test passes", not drift.drift, f"p = {drift.pvalue:.3g}", f"p >= {DRIFT_ALPHA}"),
+        ]
 
     def verify(self, timeout: float | None = None):
         """Poll the recovery checks (see Simulation.verify); the default timeout leaves the background

@@ -157,7 +157,8 @@ class VeidClient:
         """Read /metrics once, then ``count`` more times ``interval`` seconds apart (default 10 s times the time scale).
 
         Returns one row per later reading: the score average and, since the reading before, the
-        verifications, rejections and errors. It is the loop of ``curl /metrics`` an operator runs.
+        verifications, rejections, errors and the share of verifications rejected. It is the loop
+        of ``curl /metrics`` an operator runs.
         """
         import datetime as _dt
         import time
@@ -173,13 +174,15 @@ class VeidClient:
             totals = {key: float(frame.loc[frame["name"] == name, "value"].sum()) for key, name in names.items()}
             if previous is not None:
                 average = frame.loc[frame["name"] == "virtengine_veid_scoring_score_avg", "value"]
+                grown = {key: int(totals[key] - previous[key]) for key in names}
+                ratio = round(grown["rejections"] / grown["requests"], 2) if grown["requests"] else float("nan")
                 rows.append({"time": _dt.datetime.now(_dt.timezone.utc).strftime("%H:%M:%S"),
                              "score_avg": round(float(average.iloc[0]), 3) if len(average) else float("nan"),
-                             **{key: int(totals[key] - previous[key]) for key in names}})
+                             **grown, "rejection_ratio": ratio})
             previous = totals
             if index < count:
                 time.sleep(interval)
-        return pd.DataFrame(rows, columns=["time", "score_avg", *names])
+        return pd.DataFrame(rows, columns=["time", "score_avg", *names, "rejection_ratio"])
 
     def verifications(self, since: str | None = None, revision: str | None = None) -> "pd.DataFrame":
         """Return the recent verifications the service logged: time, request, source, revision, score, status, inputs."""

@@ -15,7 +15,8 @@ import numpy as np
 
 from ..errors import ConfigError, ModelIntegrityError, VeidError
 
-__all__ = ["Model", "features", "load_model", "read_manifest", "sha256_of", "FEATURE_NAMES", "MODEL_DIR"]
+__all__ = ["Model", "features", "load_model", "check_model", "read_manifest", "sha256_of", "FEATURE_NAMES",
+           "MODEL_DIR"]
 
 FEATURE_NAMES = (
     "luminance mean", "luminance std", "face contrast", "sharpness",
@@ -115,3 +116,30 @@ def load_model(path: str | Path | None = None, *, version: str | None = None, ma
     if actual != manifest["sha256"]:
         raise ModelIntegrityError(str(path), manifest["sha256"], actual)
     return Model.from_weights(json.loads(path.read_text(encoding="utf-8")), path=str(path), sha256=actual)
+
+
+def check_model(model: Model | None, config: dict, error: str = "") -> dict:
+    """Check a revision's model: file hash against the manifest, version, and one input scored twice.
+
+    Takes the loaded model (None when loading failed), the revision's configuration and the
+    load error. Returns model_file, model_version, manifest_version, expected_sha256,
+    actual_sha256, loaded and error, plus probe_score, repeat_score and deterministic when a
+    model is loaded.
+    """
+    from .captures import capture_bytes
+    from .preprocess import PreprocessConfig, preprocess
+
+    manifest = read_manifest()
+    path = config.get("model_file") or str(MODEL_DIR / manifest["file"])
+    try:
+        actual = sha256_of(path)
+    except OSError as exc:
+        actual = f"unreadable: {exc}"
+    check = {"model_file": path, "model_version": config["model_version"], "manifest_version": manifest["version"],
+             "expected_sha256": manifest["sha256"], "actual_sha256": actual, "loaded": model is not None,
+             "error": error}
+    if model is not None:
+        tensor = preprocess(capture_bytes(0), PreprocessConfig())
+        first, second = model.score(tensor), model.score(tensor)
+        check.update(probe_score=first, repeat_score=second, deterministic=first == second)
+    return check
