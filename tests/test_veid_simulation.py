@@ -55,3 +55,16 @@ def test_seed_picks_divisor_variant(lab):
     assert sim.variant["targets"] == [SERVICE_NAME]
     with pytest.raises(ConfigError, match="variant='gamma'"):
         lab.simulation("veid-scoring-anomaly", variant="gamma")
+
+
+def test_hotfix_deploy_recorded_and_recovers(lab):
+    sim = lab.simulation("veid-scoring-anomaly", learner="ana", seed=7, variant="divisor-1000")
+    try:
+        sim.inject()
+        lab.veid.deploy({"divisor": 255})
+        actions = sim.remediate()
+        assert actions["action"].tolist() == ["deploy"]  # the fault's own deploy is not the learner's action
+        assert lab.veid.current()["author"] == "ana"
+        assert sim.verify().ok
+    finally:
+        sim.close()

@@ -69,7 +69,8 @@ class VeidBadRevision(Fault):
         change, message = VARIANTS[self.variant]
         if self.variant == "tampered-model":
             change = {"model_file": str(self._write_tampered_model())}
-        self.revision = self.lab.veid.deploy(change, author=self.author, message=message)
+        # record=False: the bad deploy is the fault, not a remediation action of the learner.
+        self.revision = self.lab.veid.deploy(change, author=self.author, message=message, record=False)
         logger.info("deployed bad revision %s fault=%s target=%s change=%s", self.revision["id"], self.id,
                     self.target, change)
 

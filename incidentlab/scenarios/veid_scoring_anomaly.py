@@ -69,6 +69,7 @@ class VeidScoringAnomaly(Simulation):
     def remediation_actions(self) -> dict:
         actions = super().remediation_actions()
         actions["rollback"] = lambda target=None, **options: self.lab.veid.rollback(**options)
+        actions["deploy"] = lambda target=None, **options: self.lab.veid.deploy(**options)
         return actions
 
     def recovery_checks(self) -> list[dict]:

@@ -108,12 +108,20 @@ class VeidClient:
         rows = diff_configs(configs[a], configs[b])
         return pd.DataFrame(rows, columns=["setting", "old", "new"]).rename(columns={"old": a, "new": b})
 
-    def deploy(self, change: dict, author: str = "learner", message: str = "") -> dict:
+    def deploy(self, change: dict, author: str | None = None, message: str = "", *, record: bool = True) -> dict:
         """Deploy a new revision that applies ``change`` (like {"divisor": 255}); return the revision.
 
-        Raises ConfigError when the service rejects the change, naming the setting.
+        During a simulation a deploy is a remediation action (a hotfix) and lands in the timeline
+        unless ``record`` is false, as for the fault's own deploy. Raises ConfigError when the
+        service rejects the change, naming the setting.
         """
-        return self._post("/revisions", {"change": change, "author": author, "message": message})
+        simulation = self.lab.simulation_running if record else None
+        author = author or (simulation.learner if simulation is not None else "learner")
+        revision = self._post("/revisions", {"change": change, "author": author, "message": message})
+        logger.info("deployed %s to %s author=%s change=%s", revision["id"], SERVICE_NAME, author, change)
+        if simulation is not None:
+            simulation.record_action("deploy", SERVICE_NAME, {"Status": f"{revision['id']} ({change})"}, change=change)
+        return revision
 
     def rollback(self, to: str | None = None, author: str | None = None) -> dict:
         """Roll back to revision ``to`` (default: the last one with another configuration), like `kubectl rollout undo`.
