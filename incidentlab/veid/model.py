@@ -1,7 +1,7 @@
 """The VEID scorer: features of a preprocessed capture and a small MLP over them, in numpy only.
 
-Weights live in data/veid/ as JSON beside manifest.json, which records each version's SHA-256;
-loading checks the hash, so a changed file is refused.
+Weights live in data/veid/ as JSON beside manifest.json, which records each version's SHA-256.
+Loading checks the hash and rejects a changed file.
 """
 
 from __future__ import annotations
