@@ -37,10 +37,12 @@ def lab(tmp_path):
             lab.down()
 
 
-def test_score_drop_rule_loads():
-    rule = {rule.name: rule for rule in load_rules()}["VeidScoreDrop"]
-    assert "virtengine_veid_scoring_score_avg" in rule.expr
-    assert rule.for_seconds == 120
+def test_veid_rules_load():
+    rules = {rule.name: rule for rule in load_rules()}
+    assert "virtengine_veid_scoring_score_avg" in rules["VeidScoreDrop"].expr
+    assert rules["VeidScoreDrop"].for_seconds == 120
+    assert "virtengine_veid_scoring_errors_total" in rules["VeidScoringErrors"].expr
+    assert rules["VeidScoringErrors"].for_seconds == 60
 
 
 def test_score_drop_fires_and_resolves(lab):
@@ -60,3 +62,19 @@ def test_score_drop_fires_and_resolves(lab):
             assert wait_for(lambda: firing(lab.alerts(source="prometheus"), "VeidScoreDrop"), 40)
 
     assert wait_for(lambda: not firing(lab.alerts(source="embedded"), "VeidScoreDrop"), 30)
+
+
+def test_scoring_errors_fire_on_tampered_model(lab):
+    with_prometheus = shutil.which("prometheus") is not None
+    if with_prometheus:
+        lab.monitor.start_prometheus()
+    lab.alerts(source="embedded")
+    time.sleep(1)
+    assert not firing(lab.alerts(source="embedded"), "VeidScoringErrors")
+
+    with lab.fault("veid-bad-revision", SERVICE_NAME, variant="tampered-model"):
+        # No score is produced, so only the error counter can raise an alert.
+        assert wait_for(lambda: firing(lab.alerts(source="embedded"), "VeidScoringErrors"), 40)
+        assert not firing(lab.alerts(source="embedded"), "VeidScoreDrop")
+        if with_prometheus:
+            assert wait_for(lambda: firing(lab.alerts(source="prometheus"), "VeidScoringErrors"), 40)
