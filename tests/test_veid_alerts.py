@@ -1,4 +1,4 @@
-"""The VeidScoreDrop alert on a real score collapse: the lab's own evaluation, and Prometheus where installed."""
+"""The VEID alerts on real faults: VeidScoreDrop on a score collapse, VeidScoringErrors on a tampered model."""
 
 from __future__ import annotations
 
