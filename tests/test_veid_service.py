@@ -164,3 +164,19 @@ def test_watch_counts_stream_requests(lab):
     assert list(frame.columns) == ["time", "score_avg", "requests", "rejections", "errors", "rejection_ratio"]
     assert frame["requests"].sum() > 0  # the background stream scores without the learner
     assert (frame["rejections"] <= frame["requests"]).all()
+
+
+def test_stopped_or_paused_service_errors(lab):
+    lab.stop(SERVICE_NAME)
+    try:
+        with pytest.raises(VeidError, match=r"refused the connection .* lab.start\('virtengine-veid'\)"):
+            lab.veid.revisions()
+    finally:
+        lab.start(SERVICE_NAME)
+    assert lab.veid.current()["id"]  # the revisions survive the restart
+    lab.pause(SERVICE_NAME)
+    try:
+        with pytest.raises(VeidError, match="did not respond .* paused"):
+            lab.veid.current()
+    finally:
+        lab.unpause(SERVICE_NAME)

@@ -26,7 +26,8 @@ __all__ = ["VeidClient", "restore_revision"]
 logger = logging.getLogger(__name__)
 
 API_PREFIX = "/veid/v1"
-REQUEST_TIMEOUT = 10.0
+#: Seconds a request to the service may take; scoring one capture takes a few milliseconds.
+REQUEST_TIMEOUT = 5.0
 
 
 class VeidClient:
@@ -66,7 +67,7 @@ class VeidClient:
             data = Path(image).read_bytes()
         else:
             data = bytes(image)
-        response = requests.post(self.url + f"{API_PREFIX}/score", data=data, timeout=REQUEST_TIMEOUT)
+        response = self._request("POST", "/score", data=data)
         body = response.json()
         if response.status_code != 200:
             raise VeidError(f"{SERVICE_NAME} returned HTTP {response.status_code}: {body.get('error')}")
@@ -146,7 +147,7 @@ class VeidClient:
         import pandas as pd
         from prometheus_client.parser import text_string_to_metric_families
 
-        text = requests.get(self.metrics_url, timeout=REQUEST_TIMEOUT).text
+        text = self._request("GET", "", url=self.metrics_url).text
         rows = [{"name": s.name, "labels": ", ".join(f"{k}={v}" for k, v in s.labels.items()), "value": s.value}
                 for family in text_string_to_metric_families(text) for s in family.samples
                 if not s.name.endswith("_bucket")]
@@ -285,13 +286,26 @@ class VeidClient:
         raise ScenarioError(f"the localnet in {self.lab.config.home} has no VEID service; run `incidentlab lab down`, "
                             f"remove {self.lab.config.localnet_dir} and start the lab again to create one")
 
+    def _request(self, method: str, path: str, url: str | None = None, **options) -> requests.Response:
+        """Send one request to the service; raise VeidError naming the state when it gets no response."""
+        url = url or self.url + API_PREFIX + path
+        hint = f"check lab.inspect({SERVICE_NAME!r}) and its log with lab.logs({SERVICE_NAME!r})"
+        try:
+            return requests.request(method, url, timeout=REQUEST_TIMEOUT, **options)
+        except requests.Timeout as exc:
+            raise VeidError(f"{SERVICE_NAME} did not respond to {method} {url} within {REQUEST_TIMEOUT:g} s, "
+                            f"so it may be paused or overloaded; {hint}") from exc
+        except requests.ConnectionError as exc:
+            raise VeidError(f"{SERVICE_NAME} refused the connection for {method} {url}, so it is not running; "
+                            f"start it with lab.start({SERVICE_NAME!r}) or {hint}") from exc
+
     def _get(self, path: str) -> dict:
-        response = requests.get(self.url + API_PREFIX + path, timeout=REQUEST_TIMEOUT)
+        response = self._request("GET", path)
         response.raise_for_status()
         return response.json()
 
     def _post(self, path: str, payload: dict) -> dict:
-        response = requests.post(self.url + API_PREFIX + path, json=payload, timeout=REQUEST_TIMEOUT)
+        response = self._request("POST", path, json=payload)
         body = response.json()
         if response.status_code >= 400:
             raise ConfigError(f"{SERVICE_NAME} rejected POST {API_PREFIX}{path} with HTTP {response.status_code}: "
