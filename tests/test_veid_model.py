@@ -100,3 +100,16 @@ def test_bad_inputs_raise_clear_errors():
         PreprocessConfig(channel_order="GRB")
     with pytest.raises(ConfigError, match="version '9.9.9'"):
         load_model(version="9.9.9")
+
+
+def test_docker_backend_has_no_veid(tmp_path):
+    # Docker cannot run here; the client checks only the backend's name before any request.
+    from types import SimpleNamespace
+
+    from incidentlab import Lab
+    from incidentlab.config import LabConfig
+    from incidentlab.errors import ScenarioError
+
+    lab = Lab(LabConfig(home=tmp_path, backend="docker"), SimpleNamespace(name="docker"))
+    with pytest.raises(ScenarioError, match="local backend only"):
+        lab.veid.revisions()

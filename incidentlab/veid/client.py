@@ -39,6 +39,7 @@ class VeidClient:
 
     def __init__(self, lab: "Lab") -> None:
         self.lab = lab
+        self._endpoints: dict | None = None
 
     # -- endpoints ------------------------------------------------------------------------
 
@@ -277,6 +278,12 @@ class VeidClient:
     # -- private helpers -----------------------------------------------------------------
 
     def _service(self) -> dict:
+        # The ports come from the network file and survive restarts, so one lookup is enough.
+        if self._endpoints is None:
+            self._endpoints = self._find_service()
+        return self._endpoints
+
+    def _find_service(self) -> dict:
         if self.lab.backend.name != "local":
             raise ScenarioError(f"the VEID service runs on the local backend only (it needs numpy and Pillow, "
                                 f"which the {self.lab.backend.name} image lacks); connect with Lab.connect('local')")
