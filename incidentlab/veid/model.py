@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .._resources import project_root
 from ..errors import ConfigError, ModelIntegrityError, VeidError
 
 __all__ = ["Model", "features", "load_model", "check_model", "read_manifest", "sha256_of", "FEATURE_NAMES",
@@ -24,7 +25,7 @@ FEATURE_NAMES = (
 )
 #: Luminance weights of ITU-R BT.601, on RGB channels.
 LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
-MODEL_DIR = Path(__file__).resolve().parents[2] / "data" / "veid"
+MODEL_DIR = project_root() / "data" / "veid"
 MANIFEST = "manifest.json"
 
 
