@@ -68,7 +68,7 @@ def test_rules_pass_promtool_check():
     assert files, f"no rule files in {RULES_DIR}"
     result = subprocess.run([promtool, "check", "rules", *files], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 7 rules found" in result.stdout
+    assert "SUCCESS: 8 rules found" in result.stdout
 
 
 def test_rules_have_required_fields():
@@ -76,7 +76,7 @@ def test_rules_have_required_fields():
              for rule in group["rules"]]
     names = {rule["alert"] for rule in rules}
     assert names == {"HighErrorRatio", "ChainHalted", "ChainSlow", "ValidatorMissing", "TargetDown",
-                     "VeidScoreDrop", "DeploymentsFailingToCreate"}
+                     "VeidScoreDrop", "VeidScoringErrors", "DeploymentsFailingToCreate"}
     for rule in rules:
         assert rule["for"], rule["alert"]
         assert rule["labels"]["severity"] in ("critical", "warning"), rule["alert"]

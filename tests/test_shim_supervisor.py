@@ -416,7 +416,7 @@ def test_real_validators_under_supervisor(tmp_path):
         assert health_read_times_out(services[3]["rpc"])
 
         # down() resumes it first, so every process handles SIGTERM and exits 0.
-        assert [s["exit_code"] for s in localnet.down()] == [0] * 7
+        assert [s["exit_code"] for s in localnet.down()] == [0] * 8
     finally:
         localnet.down(timeout=0)
         kill_recorded_processes(localnet.run_dir)
