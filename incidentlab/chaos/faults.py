@@ -327,7 +327,10 @@ class CpuStress(Fault):
     def undo_steps(self) -> list[dict]:
         if self.lab.backend.name == "docker":
             return [{"op": "docker_kill_marked", "target": self.target, "marker": self.id}]
-        return [{"op": "kill_process", **identity} for identity in self._pids]
+        # The marker step also finds workers started after the journal write whose pids never
+        # reached the journal, because the injecting process was killed in between.
+        return [*({"op": "kill_process", **identity} for identity in self._pids),
+                {"op": "kill_marked", "marker": self.id}]
 
     def apply(self) -> None:
         deadline = time.time() + self.duration()
