@@ -1,12 +1,14 @@
 """Fixtures of the reliability suite: a running lab on each backend, in its own tmp lab home.
 
-Every lab is halted and stopped at teardown. A backend is one
-entry of BACKENDS; the Docker one is skipped without an engine and the image (failed when CI=true).
+Every lab is halted and stopped at teardown. A backend is one entry of BACKENDS; the Docker one
+is skipped without an engine and the validator image, and fails instead when CI=true.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+from pathlib import Path
 
 import pytest
 
@@ -37,13 +39,12 @@ def require_docker() -> None:
     pytest.skip(reason)
 
 
-@pytest.fixture(scope="module", params=BACKENDS)
-def backend_lab(request, tmp_path_factory):
-    """A running lab on each backend of BACKENDS, at TIME_SCALE, in its own lab home."""
-    if request.param == "docker":
+@contextlib.contextmanager
+def running_lab(backend: str, home: Path, time_scale: float = TIME_SCALE):
+    """Start a lab on ``backend`` in ``home``, yield it, then halt its faults and stop it."""
+    if backend == "docker":
         require_docker()
-    lab = Lab.connect(request.param, home=tmp_path_factory.mktemp(f"reliability-{request.param}") / "lab",
-                      time_scale=TIME_SCALE)
+    lab = Lab.connect(backend, home=home, time_scale=time_scale)
     try:
         yield lab
     finally:
@@ -51,3 +52,10 @@ def backend_lab(request, tmp_path_factory):
             lab.halt()
         finally:
             lab.down()
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def backend_lab(request, tmp_path_factory):
+    """A running lab on each backend of BACKENDS, at TIME_SCALE, in its own lab home."""
+    with running_lab(request.param, tmp_path_factory.mktemp(f"reliability-{request.param}") / "lab") as lab:
+        yield lab
