@@ -367,6 +367,10 @@ class Lab:
         import pandas as pd
 
         interval = self.block_time if interval is None else interval
+        if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= 10_000:
+            raise ConfigError(f"count={count!r} is invalid; use a whole number of rounds from 1 to 10000")
+        if isinstance(interval, bool) or not isinstance(interval, (int, float)) or not 0 <= interval <= 300:
+            raise ConfigError(f"interval={interval!r} is out of range; give seconds from 0 to 300")
         rows = []
         for _ in range(count):
             row = {"time": _dt.datetime.now(_dt.timezone.utc).strftime("%H:%M:%S.%f")[:-3]}

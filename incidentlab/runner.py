@@ -56,12 +56,13 @@ def run_notebook(notebook: str, parameters: dict[str, Any] | None = None, *, hom
     home's runs/ folder even when a cell fails; the failure is returned in ``error``. The
     localnet is stopped afterwards unless it was already up before the run or ``keep_up``.
     """
+    path, scenario = resolve_notebook(notebook)  # before the slow imports, so a typo fails fast
+
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
     from .lab import _docker_or_local, _make_backend
 
-    path, scenario = resolve_notebook(notebook)
     home_path = Path(home).expanduser().resolve() if home else default_home()
     _check_names(path, parameters or {})
     params = {**RUN_DEFAULTS, **{k: _convert(v) for k, v in (parameters or {}).items()}}
