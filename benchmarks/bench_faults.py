@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 probes[backend] = probe_settings(lab)
                 detection[backend] = bench_detection(lab, args.runs)
-                commands[backend] = bench_commands(lab, args.runs)
+                commands[backend] = bench_commands(lab, args.runs, args.baseline)
             finally:
                 lab.halt()
                 lab.down()
@@ -88,10 +88,11 @@ def bench_detection(lab: Lab, runs: int) -> dict[str, list[float]]:
     return figures
 
 
-def bench_commands(lab: Lab, runs: int) -> dict[str, list[float]]:
+def bench_commands(lab: Lab, runs: int, baseline: Path | None = None) -> dict[str, list[float]]:
     """Time `incidentlab --help`, `python -c pass`, `incidentlab chaos pause` and, on Docker, `docker pause`.
 
-    Each pause is undone (untimed) before the next run. Returns seconds by command.
+    With ``baseline`` (another checkout of incidentlab) its `--help` is timed too, for a
+    before/after figure. Each pause is undone (untimed) before the next run. Returns seconds by command.
     """
     env = {**os.environ, "INCIDENTLAB_HOME": str(lab.config.home), "PYTHONPATH": str(ROOT)}
     cli = [sys.executable, "-m", "incidentlab"]
@@ -100,6 +101,8 @@ def bench_commands(lab: Lab, runs: int) -> dict[str, list[float]]:
         _progress(f"{lab.backend.name}: commands, run {index + 1}/{runs}")
         figures.setdefault("python", []).append(_timed([sys.executable, "-c", "pass"], env))
         figures.setdefault("help", []).append(_timed([*cli, "--help"], env))
+        if baseline is not None:
+            figures.setdefault("help_baseline", []).append(_timed([*cli, "--help"], {**env, "PYTHONPATH": str(baseline)}))
         figures.setdefault("chaos_pause", []).append(_timed([*cli, "chaos", "pause", TARGET], env))
         _timed([*cli, "chaos", "unpause", TARGET], env)
         if lab.backend.name == "docker":
@@ -139,6 +142,8 @@ def render_report(args: argparse.Namespace, backends: list[str], probes: dict, d
         figures = commands[backend]
         peers = [("help", "`incidentlab --help`", "python", "`python -c pass`"),
                  ("chaos_pause", "`incidentlab chaos pause`", "python", "`python -c pass`")]
+        if "help_baseline" in figures:
+            peers.insert(1, ("help", "`incidentlab --help`", "help_baseline", "`--help` of the baseline checkout"))
         if "docker_pause" in figures:
             peers += [("help", "`incidentlab --help`", "docker_pause", "`docker pause`"),
                       ("chaos_pause", "`incidentlab chaos pause`", "docker_pause", "`docker pause`")]
@@ -203,7 +208,11 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--runs", type=int, default=5, help="runs per figure; cells are medians over them (default 5)")
     parser.add_argument("--time-scale", type=float, default=0.2, help="LabConfig.time_scale of the labs (default 0.2)")
     parser.add_argument("--no-docker", action="store_true", help="measure the local backend only")
+    parser.add_argument("--baseline", type=Path, default=None,
+                        help="another checkout of the repository whose `incidentlab --help` is timed too (before/after)")
     args = parser.parse_args(argv)
+    if args.baseline is not None and not (args.baseline / "incidentlab" / "cli.py").is_file():
+        parser.error(f"--baseline {args.baseline} is not a checkout of this repository; it has no incidentlab/cli.py")
     if args.runs < 1:
         parser.error(f"--runs {args.runs} is invalid; give a whole number of 1 or more")
     if not args.no_docker and shutil.which("docker") is None:

@@ -19,7 +19,7 @@ __all__ = ["LivePlot", "check_watch_seconds", "plot_block_height", "plot_request
 
 logger = logging.getLogger(__name__)
 
-#: Longest live watch in seconds: a notebook cell should not block for more than an hour.
+#: Maximum live watch in seconds: a notebook cell should not block for more than an hour.
 MAX_WATCH_SECONDS = 3600
 
 #: Timeline kinds drawn as vertical lines, with their colour and label.

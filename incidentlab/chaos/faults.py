@@ -367,6 +367,6 @@ def _iso(moment: _dt.datetime) -> str:
 
 
 
-# Latency lives in its own module and registers itself on import; importing it here, once
-# every name it needs is defined, puts it in FAULTS whichever module is imported first.
+# Latency lives in its own module and registers itself when imported. This import runs after
+# every name that module needs is defined, so FAULTS has it whichever module is imported first.
 from . import latency  # noqa: E402,F401

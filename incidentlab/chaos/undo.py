@@ -106,7 +106,7 @@ def _stop_proxy(step: dict, backend) -> str:
     if state:
         pid = int(state["pid"])
     else:
-        # A proxy writes its state file once it listens; one started just before its injector
+        # A proxy writes its state file once it listens. One started just before its injector
         # was killed may not have written it yet, but its command line names the file.
         pids = [pid for pid in _pids_with(state_path.encode()) if _is_proxy(pid)]
         if not pids:

@@ -17,7 +17,7 @@ class ServiceHTTPServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
     # socketserver's listen backlog is 5. When more clients connect at once, Linux drops their
-    # SYNs and the clients retry only after 1 s and then 3 s, which is longer than the gateway's
+    # SYNs and resends them 1 s and 3 s after the first, which is longer than the gateway's
     # upstream timeout, so a burst of clients turned into 504s. The kernel caps this value at
     # net.core.somaxconn.
     request_queue_size = 256

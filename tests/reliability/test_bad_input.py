@@ -198,7 +198,7 @@ def test_record_survives_writer_killed_mid_save(tmp_path):
         saved = int(printed[-1]) if printed else 0
 
         record = json.loads(store.record_path(incident_id).read_text())
-        # The file holds the last completed save or the one in flight when the kill landed.
+        # The file contains the last completed save or the one in flight when the kill landed.
         assert len(record["timeline"]) - 1 in (saved, saved + 1)
         assert store.load(incident_id).id == incident_id
     assert saved > 0

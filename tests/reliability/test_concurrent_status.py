@@ -19,8 +19,8 @@ from reliability_support import open_fds
 CLIENTS = 200
 #: GETs each client sends on its keep-alive connection.
 REQUESTS_PER_CLIENT = 3
-#: Seconds one request may take. A SYN dropped by a full listen backlog is retried after 1 s,
-#: then 3 s, so the limit leaves room for two retries.
+#: Seconds one request may take. Linux resends a SYN dropped by a full listen backlog 1 s and
+#: 3 s after the first one, so the limit leaves room for both resends.
 REQUEST_TIMEOUT = 15.0
 #: Descriptors a service may hold above its count before the load once the clients are gone
 #: (a peer connection or a log file reopened meanwhile).

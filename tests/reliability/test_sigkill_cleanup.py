@@ -2,7 +2,7 @@
 
 The injector is a real subprocess and `incidentlab cleanup` is the real command. Afterwards every
 target is running and unpaused, no fault proxy, route or CPU burner is left, and the journal
-says every fault is reverted. A fault kind added to the registry is picked up by itself.
+records every fault as reverted. A fault kind added to the registry is picked up by itself.
 """
 
 from __future__ import annotations
@@ -95,7 +95,7 @@ def run_and_kill_injector(lab, kind: str, delay: float) -> None:
 
 
 def assert_nothing_left(lab, entries: list[dict]) -> None:
-    """Assert every target runs unpaused and answers, with no proxy, route or burner of ``entries`` left."""
+    """Assert every target runs unpaused and responds, with no proxy, route or burner of ``entries`` left."""
     for name in lab.backend.targets()["NAME"]:
         state = lab.inspect(name)
         assert (name, state["Status"], state["Paused"]) == (name, "running", False)

@@ -42,7 +42,7 @@ def test_two_labs_share_nothing(two_labs):
         files = open_files(lab)
         assert files, f"no open file found for the processes of {lab.config.home}"
         outside = [path for path in files if not path.startswith(str(lab.config.home) + "/")]
-        assert outside == [], f"processes of {lab.config.home} hold files outside it"
+        assert outside == [], f"processes of {lab.config.home} have files open outside it"
     for service in first.status()["services"] + second.status()["services"]:
         assert service["status"] == "running", service
 
@@ -72,7 +72,7 @@ def ports_of(lab) -> list[int]:
 
 
 def open_files(lab) -> list[str]:
-    """Return the regular files that the lab's service processes hold open (from /proc/PID/fd)."""
+    """Return the regular files that the lab's service processes have open (from /proc/PID/fd)."""
     paths = []
     for name in lab.backend.targets()["NAME"]:
         fd_dir = Path(f"/proc/{lab.inspect(name)['Pid']}/fd")
