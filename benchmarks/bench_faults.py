@@ -91,8 +91,9 @@ def bench_detection(lab: Lab, runs: int) -> dict[str, list[float]]:
 def bench_commands(lab: Lab, runs: int, baseline: Path | None = None) -> dict[str, list[float]]:
     """Time `incidentlab --help`, `python -c pass`, `incidentlab chaos pause` and, on Docker, `docker pause`.
 
-    With ``baseline`` (another checkout of incidentlab) its `--help` is timed too, for a
-    before/after figure. Each pause is undone (untimed) before the next run. Returns seconds by command.
+    With ``baseline`` (another checkout of incidentlab) its `--help` and `chaos pause` are timed
+    too, for before/after figures. Each pause is undone (untimed) before the next run. Returns
+    seconds by command.
     """
     env = {**os.environ, "INCIDENTLAB_HOME": str(lab.config.home), "PYTHONPATH": str(ROOT)}
     cli = [sys.executable, "-m", "incidentlab"]
@@ -105,6 +106,10 @@ def bench_commands(lab: Lab, runs: int, baseline: Path | None = None) -> dict[st
             figures.setdefault("help_baseline", []).append(_timed([*cli, "--help"], {**env, "PYTHONPATH": str(baseline)}))
         figures.setdefault("chaos_pause", []).append(_timed([*cli, "chaos", "pause", TARGET], env))
         _timed([*cli, "chaos", "unpause", TARGET], env)
+        if baseline is not None:
+            before = {**env, "PYTHONPATH": str(baseline)}
+            figures.setdefault("chaos_pause_baseline", []).append(_timed([*cli, "chaos", "pause", TARGET], before))
+            _timed([*cli, "chaos", "unpause", TARGET], env)
         if lab.backend.name == "docker":
             figures.setdefault("docker_pause", []).append(_timed(["docker", "pause", TARGET], env))
             _timed(["docker", "unpause", TARGET], env)
@@ -144,6 +149,8 @@ def render_report(args: argparse.Namespace, backends: list[str], probes: dict, d
                  ("chaos_pause", "`incidentlab chaos pause`", "python", "`python -c pass`")]
         if "help_baseline" in figures:
             peers.insert(1, ("help", "`incidentlab --help`", "help_baseline", "`--help` of the baseline checkout"))
+            peers.append(("chaos_pause", "`incidentlab chaos pause`", "chaos_pause_baseline",
+                          "`chaos pause` of the baseline checkout"))
         if "docker_pause" in figures:
             peers += [("help", "`incidentlab --help`", "docker_pause", "`docker pause`"),
                       ("chaos_pause", "`incidentlab chaos pause`", "docker_pause", "`docker pause`")]
@@ -179,7 +186,7 @@ def _time_detection(lab: Lab, kind: str, params: dict, interval: float, timeout:
 
 
 def _wait_healthy(lab: Lab) -> None:
-    """Wait until the target answers /status again, so the next run starts from a healthy lab."""
+    """Wait until the target responds to /status again, so the next run starts from a healthy lab."""
     from incidentlab.probes.rpc import probe_status
 
     deadline = time.monotonic() + DETECT_TIMEOUT
@@ -187,7 +194,7 @@ def _wait_healthy(lab: Lab) -> None:
         if probe_status(lab.endpoints()[TARGET], lab.probe_timeout)["ok"]:
             return
         time.sleep(0.05)
-    raise BenchmarkError(f"{TARGET} did not answer /status within {DETECT_TIMEOUT:.0f} s of the fault's revert")
+    raise BenchmarkError(f"{TARGET} did not respond to /status within {DETECT_TIMEOUT:.0f} s of the fault's revert")
 
 
 def _timed(command: list[str], env: dict) -> float:
@@ -209,7 +216,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--time-scale", type=float, default=0.2, help="LabConfig.time_scale of the labs (default 0.2)")
     parser.add_argument("--no-docker", action="store_true", help="measure the local backend only")
     parser.add_argument("--baseline", type=Path, default=None,
-                        help="another checkout of the repository whose `incidentlab --help` is timed too (before/after)")
+                        help="another checkout of the repository whose `--help` and `chaos pause` are timed too "
+                             "(before/after)")
     args = parser.parse_args(argv)
     if args.baseline is not None and not (args.baseline / "incidentlab" / "cli.py").is_file():
         parser.error(f"--baseline {args.baseline} is not a checkout of this repository; it has no incidentlab/cli.py")
