@@ -17,13 +17,13 @@ import time
 
 import pytest
 
-from conftest import running_lab
 from incidentlab import Lab
 from incidentlab.chaos.journal import Journal
 from incidentlab.errors import ConfigError, RecordError, ScenarioError, TargetNotFound
 from incidentlab.incident.record import Incident, IncidentStore
 from incidentlab.probes.prometheus import PrometheusClient, PrometheusError
-from reliability_support import incidentlab
+
+from .support import incidentlab, running_lab
 
 TARGET = "virtengine-node-1"
 

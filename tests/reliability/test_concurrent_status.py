@@ -13,8 +13,7 @@ import time
 import pytest
 import requests
 
-from conftest import BACKENDS, running_lab
-from reliability_support import open_fds
+from .support import BACKENDS, open_fds, running_lab
 
 CLIENTS = 200
 #: GETs each client sends on its keep-alive connection.

@@ -13,10 +13,11 @@ import textwrap
 
 import pytest
 
-from conftest import BACKENDS, TIME_SCALE, require_docker
 from incidentlab import Lab
 from incidentlab.chaos.journal import Journal
 from incidentlab.incident.record import IncidentStore
+
+from .support import BACKENDS, TIME_SCALE, require_docker
 
 KERNEL = textwrap.dedent("""
     import sys, time

@@ -22,7 +22,8 @@ import requests
 from incidentlab.chaos.faults import FAULTS
 from incidentlab.chaos.journal import Journal
 from incidentlab.localnet.routes import read_routes
-from reliability_support import incidentlab, processes_matching
+
+from .support import incidentlab, processes_matching
 
 TARGET = "virtengine-node-1"
 #: Random kill points per fault kind and backend.
