@@ -271,7 +271,10 @@ class Kill(Fault):
     """Send ``signal`` to the target like ``docker kill --signal`` (default SIGKILL)."""
 
     def __init__(self, lab: "Lab", target: str, *, signal: str | int = "SIGKILL", **options: Any) -> None:
+        from ..backends.local import _parse_signal
+
         super().__init__(lab, target, **options)
+        _parse_signal(signal)  # an unknown signal raises ConfigError now, before anything is journaled
         self.signal = signal
 
     def params(self) -> dict:

@@ -117,6 +117,8 @@ API_CASES = [
      ["interval=-1", "from 0 to 300"]),
     ("negative watch", lambda lab: lab.watch_requests(-5, mode="batch"), ConfigError, ["seconds=-5", "0 to 3600"]),
     ("negative error window", lambda lab: lab.error_increase(window=-5), ConfigError, ["window=-5"]),
+    ("unknown signal", lambda lab: lab.fault("kill", TARGET, signal="SIGBOGUS"), ConfigError,
+     ["signal='SIGBOGUS'", "like 'SIGKILL'"]),
     ("unknown variant", lambda lab: lab.simulation("node-down", variant="three-down"), ConfigError,
      ["'three-down'", "one-down, two-down"]),
     ("unknown mode", lambda lab: lab.simulation("node-down", mode="exam"), ConfigError, ["mode='exam'", "'batch'"]),
