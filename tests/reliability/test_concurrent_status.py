@@ -13,6 +13,8 @@ import time
 import pytest
 import requests
 
+from incidentlab.localnet.gateway import MAX_IDLE_UPSTREAM_CONNECTIONS
+
 from .support import BACKENDS, open_fds, running_lab
 
 CLIENTS = 200
@@ -21,9 +23,10 @@ REQUESTS_PER_CLIENT = 3
 #: Seconds one request may take. Linux resends a SYN dropped by a full listen backlog 1 s and
 #: 3 s after the first one, so the limit leaves room for both resends.
 REQUEST_TIMEOUT = 15.0
-#: Descriptors a service may hold above its count before the load once the clients are gone
-#: (a peer connection or a log file reopened meanwhile).
-FD_SLACK = 3
+#: Descriptors a service may have open above its count before the load once the clients are
+#: gone: a peer connection or a log file reopened meanwhile, and the gateway's idle upstream
+#: connections (one end in the gateway, the other in validator 0).
+FD_SLACK = 3 + MAX_IDLE_UPSTREAM_CONNECTIONS
 #: Seconds to wait for the service to close the clients' connections.
 FD_SETTLE_TIMEOUT = 10.0
 #: CometBFT's own timing, so the gateway's upstream timeout is its full 2 s. At time_scale 0.1
@@ -107,4 +110,41 @@ def wait_for_fds(pid: int, limit: int) -> bool:
         if open_fds(pid) <= limit:
             return True
         time.sleep(0.1)
+    return False
+
+
+def test_gateway_after_upstream_restart(load_lab):
+    # The gateway keeps idle connections to validator 0; after a restart they are dead, and
+    # the first request on one must go again on a new connection instead of failing. The
+    # client load is stopped, so that only this test's requests meet the dead connections.
+    lab = load_lab
+    url = status_url(lab, "gateway")
+    lab.stop("virtengine-client", timeout=1)
+    try:
+        with requests.Session() as session:
+            session.trust_env = False
+            assert [session.get(url, timeout=5).status_code for _ in range(5)] == [200] * 5
+
+            lab.restart("virtengine-node-0")
+            direct = status_url(lab, "validator")
+            assert wait_for(lambda: ok(session, direct)), "validator 0 did not respond after its restart"
+
+            assert [session.get(url, timeout=5).status_code for _ in range(5)] == [200] * 5
+    finally:
+        lab.start("virtengine-client")
+
+
+def ok(session: requests.Session, url: str) -> bool:
+    try:
+        return session.get(url, timeout=1).status_code == 200
+    except requests.RequestException:
+        return False
+
+
+def wait_for(condition, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
     return False
