@@ -105,7 +105,8 @@ class Upstream:
                 raise self._failed("timeout", port, f"no response within {self.timeout:.2f} s ({exc})") from exc
             except (OSError, http.client.HTTPException):
                 # The upstream closed the idle connection (it restarted, stopped or timed it
-                # out), so the request goes once more on a new connection, which tells why.
+                # out), so the request goes once more on a new connection. A stopped upstream
+                # then refuses it, which gives the 502.
                 connection.close()
         connection = http.client.HTTPConnection("127.0.0.1", port, timeout=self.timeout)
         try:

@@ -76,7 +76,7 @@ def run_clients(url: str) -> list:
     def client() -> list:
         outcomes = []
         with requests.Session() as session:
-            session.trust_env = False  # loopback only, whatever http_proxy says
+            session.trust_env = False  # ignore http_proxy and similar variables: loopback only
             barrier.wait(timeout=60)
             for _ in range(REQUESTS_PER_CLIENT):
                 try:
