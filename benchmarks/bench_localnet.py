@@ -1,7 +1,8 @@
 """Benchmark the embedded localnet against a bare standard-library HTTP server on 127.0.0.1.
 
-Starts real validator processes (a new lab home per run) and one bare server process per run,
-measures cold start, /status latency and /status throughput, and prints a Markdown report.
+Starts real validator processes and the gateway (a new lab home per run) and one bare server
+process per run, measures cold start, /status latency and /status throughput of a validator
+and of the gateway, and prints a Markdown report.
 
 Usage: python benchmarks/bench_localnet.py [--runs 5] [--time-scale 0.2] [--nagle-peer]
 """
@@ -39,6 +40,8 @@ PHASE_TIMEOUT = 120.0
 POLL_INTERVAL = 0.01
 #: Seconds to wait for the bare server to exit after SIGTERM before SIGKILL.
 STOP_TIMEOUT = 5.0
+#: The localnet's API gateway service.
+GATEWAY = "virtengine-gateway"
 
 # The peer: a bare ThreadingHTTPServer that sends one fixed body with HTTP/1.1 keep-alive,
 # writing the headers and then the body in two calls, as the usual BaseHTTPRequestHandler code
@@ -102,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def bench_localnet(args: argparse.Namespace) -> dict:
-    """Measure one localnet in a new lab home: cold start, first block, /status, down().
+    """Measure one localnet in a new lab home: cold start, first block, /status of validator 0 and the gateway, down().
 
     Returns the figures in seconds (latencies in milliseconds, throughput in requests per
     second) and the /status body of validator 0 under "body". Raises BenchmarkError.
@@ -119,6 +122,10 @@ def bench_localnet(args: argparse.Namespace) -> dict:
             wait_for_block(url, 1)
             figures["first_block"] = time.perf_counter() - start
             figures.update(measure_http(url, args))
+            # The gateway's CometBFT RPC proxy, which forwards /status to validator 0.
+            gateway = backend.localnet.network().service(GATEWAY)
+            gateway_url = f"http://127.0.0.1:{gateway.ports['rest']}/rpc/status"
+            figures.update({f"gateway_{key}": value for key, value in measure_http(gateway_url, args).items()})
             with _session() as session:
                 figures["body"] = _get_ok(session, url).decode()
         finally:
@@ -274,6 +281,11 @@ def _report_rows(args: argparse.Namespace) -> list[tuple[str, str, str, str, boo
         ("`/status` latency, p95 (ms)", "latency_p95", "latency_p95", "{:.2f}", True),
         (f"`/status` throughput, {args.threads} threads (req/s)", "throughput", "throughput", "{:.0f}", True),
         ("client CPU during throughput (cores)", "client_cpu", "client_cpu", "{:.2f}", False),
+        ("gateway `/rpc/status` latency, median (ms)", "gateway_latency_median", "latency_median", "{:.2f}", True),
+        ("gateway `/rpc/status` latency, p95 (ms)", "gateway_latency_p95", "latency_p95", "{:.2f}", True),
+        (f"gateway `/rpc/status` throughput, {args.threads} threads (req/s)", "gateway_throughput", "throughput",
+         "{:.0f}", True),
+        ("client CPU during gateway throughput (cores)", "gateway_client_cpu", "client_cpu", "{:.2f}", False),
     ]
 
 

@@ -91,5 +91,11 @@ class LabConfig:
     def ensure_home(self) -> Path:
         """Create the lab home and its standard folders; return the home."""
         for folder in HOME_FOLDERS:
-            (self.home / folder).mkdir(parents=True, exist_ok=True)
+            try:
+                (self.home / folder).mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise ConfigError(
+                    f"lab home {str(self.home)!r} cannot be used: creating {folder}/ in it failed ({exc.strerror}); "
+                    f"give a folder you can write with --home or {HOME_ENV}"
+                ) from exc
         return self.home

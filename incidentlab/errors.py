@@ -45,9 +45,15 @@ class TargetNotFound(IncidentLabError, LookupError):
     def __init__(self, name: str, known: list[str]):
         self.name = name
         self.known = list(known)
-        listed = ", ".join(self.known) or "none"
+        if not self.known:
+            super().__init__(
+                f"no target named {name!r}: this lab has no targets yet. Start the localnet with "
+                "`incidentlab lab up` (or Lab.connect()), or check that --home or INCIDENTLAB_HOME "
+                "names the lab home you meant."
+            )
+            return
         super().__init__(
-            f"no target named {name!r} in this lab; known targets: {listed}. "
+            f"no target named {name!r} in this lab; known targets: {', '.join(self.known)}. "
             "Run `incidentlab lab status` to list them."
         )
 

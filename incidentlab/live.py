@@ -10,12 +10,17 @@ import logging
 import time
 from typing import TYPE_CHECKING, Callable
 
+from .errors import ConfigError
+
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["LivePlot", "plot_block_height", "plot_requests", "plot_latency", "status_class_rates"]
+__all__ = ["LivePlot", "check_watch_seconds", "plot_block_height", "plot_requests", "plot_latency", "status_class_rates"]
 
 logger = logging.getLogger(__name__)
+
+#: Maximum live watch in seconds: a notebook cell should not block for more than an hour.
+MAX_WATCH_SECONDS = 3600
 
 #: Timeline kinds drawn as vertical lines, with their colour and label.
 # Black and grey, so that no marker shares a colour with a validator's line.
@@ -59,13 +64,24 @@ class LivePlot:
             self._handle.update(figure)
 
     def watch(self, seconds: float, interval: float | None = None) -> None:
-        """Keep redrawing for ``seconds`` (the data keeps arriving from background probes), then draw the last figure."""
+        """Keep redrawing for ``seconds`` (the data keeps arriving from background probes), then draw the last figure.
+
+        Raises ConfigError when ``seconds`` is not a number from 0 to MAX_WATCH_SECONDS.
+        """
+        check_watch_seconds(seconds)
         interval = self.every if interval is None else interval
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
             self.update()
             time.sleep(min(interval, max(0.0, deadline - time.monotonic())))
         self.update(force=True)
+
+
+def check_watch_seconds(seconds: float) -> float:
+    """Return ``seconds``; raises ConfigError when it is not a number from 0 to MAX_WATCH_SECONDS."""
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0 <= seconds <= MAX_WATCH_SECONDS:
+        raise ConfigError(f"seconds={seconds!r} is out of range; watch for 0 to {MAX_WATCH_SECONDS} seconds, like 10")
+    return seconds
 
 
 def plot_block_height(samples: "pd.DataFrame", timeline: list = ()):

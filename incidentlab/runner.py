@@ -21,6 +21,9 @@ logger = logging.getLogger(__name__)
 #: Parameters of a headless run unless the caller gives them: batch mode, five times faster.
 RUN_DEFAULTS = {"mode": "batch", "time_scale": 0.2, "seed": 7, "learner": "learner", "backend": "auto"}
 REPORT_MIME = "application/vnd.incidentlab.report+json"
+#: Maximum seconds one cell may run: a day. nbclient 0.11, which papermill runs, treats 0 or a
+#: negative timeout as no timeout at all, so those are rejected too.
+MAX_CELL_TIMEOUT = 24 * 3600
 
 
 @dataclasses.dataclass
@@ -56,12 +59,16 @@ def run_notebook(notebook: str, parameters: dict[str, Any] | None = None, *, hom
     home's runs/ folder even when a cell fails; the failure is returned in ``error``. The
     localnet is stopped afterwards unless it was already up before the run or ``keep_up``.
     """
+    path, scenario = resolve_notebook(notebook)  # before the slow imports, so a typo fails fast
+    if isinstance(cell_timeout, bool) or not isinstance(cell_timeout, (int, float)) or not 0 < cell_timeout <= MAX_CELL_TIMEOUT:
+        raise ConfigError(f"cell timeout {cell_timeout!r} is out of range; give seconds above 0 and at most "
+                          f"{MAX_CELL_TIMEOUT}, like 900 (the default)")
+
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
     from .lab import _docker_or_local, _make_backend
 
-    path, scenario = resolve_notebook(notebook)
     home_path = Path(home).expanduser().resolve() if home else default_home()
     _check_names(path, parameters or {})
     params = {**RUN_DEFAULTS, **{k: _convert(v) for k, v in (parameters or {}).items()}}

@@ -15,9 +15,9 @@ import signal as _signal
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import docker
-import pandas as pd
 
 from ..config import LabConfig
 from ..errors import ConfigError, LocalnetError, TargetNotFound, TargetStateError
@@ -28,6 +28,9 @@ from ..localnet.services import LOCAL_ONLY_KINDS, is_ready, kind_of, ports_colum
 from ..localnet.supervisor import FRESH_PORT_ATTEMPTS, ACTIVE_STATUSES, _busy_port, port_conflict, wait_until
 from .docker_image import IMAGE, engine_client, image_exists
 from .local import TARGET_COLUMNS, TARGET_PREFIX, _parse_signal, _tail_count
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = ["DockerBackend", "HOME_LABEL", "ROLE_LABEL", "PACKAGE_MOUNT"]
 
@@ -175,7 +178,7 @@ class DockerBackend:
         rank = {name: index for index, name in enumerate(order)}
         return sorted(services, key=lambda service: (rank.get(service["name"], len(rank)), service["name"]))
 
-    def targets(self) -> pd.DataFrame:
+    def targets(self) -> "pd.DataFrame":
         """Return the containers whose name contains "virtengine", like `docker ps -a`.
 
         Columns: NAME, KIND, STATUS (the engine's own, such as "Up 16 seconds (Paused)"), PID
@@ -194,6 +197,8 @@ class DockerBackend:
                 "PID": self._inspect_raw(name)["Pid"],
                 "PORTS": _ports_column(specs.get(name), summary.get("Ports") or []),
             })
+        import pandas as pd
+
         return pd.DataFrame(rows, columns=TARGET_COLUMNS).sort_values("NAME", ignore_index=True)
 
     def inspect(self, name: str) -> dict:

@@ -9,14 +9,16 @@ from __future__ import annotations
 import datetime as _dt
 import logging
 import signal as _signal
-
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from ..config import LabConfig
 from ..errors import ConfigError, TargetNotFound, TargetStateError
 from ..localnet.services import kind_of, ports_column
 from ..localnet.shim import ZERO_TIME
 from ..localnet.supervisor import ACTIVE_STATUSES, SHIM_RECORD_TIMEOUT, Localnet, tail_lines, wait_until
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = ["LocalBackend", "TARGET_PREFIX", "human_duration"]
 
@@ -66,7 +68,7 @@ class LocalBackend:
         """Return True when at least one process of the localnet is running or paused."""
         return self.localnet.is_up()
 
-    def targets(self) -> pd.DataFrame:
+    def targets(self) -> "pd.DataFrame":
         """Return the targets like `docker ps -a`: NAME, KIND, STATUS, PID, PORTS, sorted by name.
 
         KIND is validator, gateway or client. STATUS reads like Docker's: "Up 16 seconds",
@@ -87,6 +89,8 @@ class LocalBackend:
                 "PID": state["pid"] if state["status"] in ACTIVE_STATUSES else 0,
                 "PORTS": ports_column(spec),
             })
+        import pandas as pd
+
         return pd.DataFrame(rows, columns=TARGET_COLUMNS).sort_values("NAME", ignore_index=True)
 
     def inspect(self, name: str) -> dict:

@@ -110,11 +110,11 @@ def _inject(lab, args: argparse.Namespace) -> int:
     # before time scaling, so divide by the lab's time scale.
     scale = lab.config.time_scale
     if args.chaos_command == "cpu-stress":
-        args.duration /= scale
+        args.duration = _unscaled("duration", args.duration, scale)
     if args.chaos_command == "pause-cycle":
-        args.paused, args.running = args.paused / scale, args.running / scale
+        args.paused, args.running = _unscaled("--paused", args.paused, scale), _unscaled("--running", args.running, scale)
     if args.chaos_command == "latency" and not 0.001 <= args.delay <= 60:
-        raise ConfigError(f"latency {args.delay * 1000:g}ms is out of range; give 1ms to 60s, like 100ms")
+        raise ConfigError(f"latency {args.delay * 1000:.15g}ms is out of range; give 1ms to 60s, like 100ms")
     if args.chaos_command == "kill":
         fault = lab.fault("stop", args.target, detached=True, **options)
     elif args.chaos_command == "pause":
@@ -138,6 +138,20 @@ def _inject(lab, args: argparse.Namespace) -> int:
             fault.revert()
     print(f"{fault.id}: {fault.kind} on {fault.target} is {fault.entry['state']}")
     return 0 if fault.entry["state"] in ("active", "reverted") else 1
+
+
+def _unscaled(name: str, seconds: float, scale: float) -> float:
+    """Turn wall-clock ``seconds`` typed by the user into seconds before time scaling.
+
+    Raises ConfigError naming the value as typed, so the message never shows a scaled number.
+    """
+    from .faults import MAX_DURATION
+
+    longest = MAX_DURATION * scale
+    if not 0 < seconds <= longest:
+        raise ConfigError(f"{name} {seconds:.15g}s is out of range; give more than 0s and at most {longest:g}s "
+                          f"(24 hours of lab time at this lab's time_scale {scale:g})")
+    return seconds / scale
 
 
 if __name__ == "__main__":

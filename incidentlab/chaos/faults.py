@@ -271,7 +271,10 @@ class Kill(Fault):
     """Send ``signal`` to the target like ``docker kill --signal`` (default SIGKILL)."""
 
     def __init__(self, lab: "Lab", target: str, *, signal: str | int = "SIGKILL", **options: Any) -> None:
+        from ..backends.local import _parse_signal
+
         super().__init__(lab, target, **options)
+        _parse_signal(signal)  # an unknown signal raises ConfigError now, before anything is journaled
         self.signal = signal
 
     def params(self) -> dict:
@@ -327,7 +330,10 @@ class CpuStress(Fault):
     def undo_steps(self) -> list[dict]:
         if self.lab.backend.name == "docker":
             return [{"op": "docker_kill_marked", "target": self.target, "marker": self.id}]
-        return [{"op": "kill_process", **identity} for identity in self._pids]
+        # The marker step also finds workers started after the journal write whose pids never
+        # reached the journal, because the injecting process was killed in between.
+        return [*({"op": "kill_process", **identity} for identity in self._pids),
+                {"op": "kill_marked", "marker": self.id}]
 
     def apply(self) -> None:
         deadline = time.time() + self.duration()
@@ -362,6 +368,11 @@ def _check_seconds(name: str, value: Any, allow_zero: bool = False) -> float:
 def _iso(moment: _dt.datetime) -> str:
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
+
+
+# Latency lives in its own module and registers itself when imported. This import runs after
+# every name that module needs is defined, so FAULTS has it whichever module is imported first.
+from . import latency  # noqa: E402,F401
 
 # The cluster faults register themselves in FAULTS; they import this module, so they come last.
 from . import cluster_faults  # noqa: E402,F401

@@ -123,7 +123,17 @@ class Latency(Fault):
                 break
             time.sleep(0.02)
         raise FaultError(f"the fault proxy for {self.target}'s {kind} port did not start "
-                         f"(exit code {process.poll()}); see {log.name}")
+                         f"(exit code {process.poll()}): {_last_line(log.name)}; see {log.name}")
+
+
+def _last_line(path: str) -> str:
+    """Return the last line of the proxy's log, which states why it exited, or a note that it is empty."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            lines = handle.read().splitlines()
+    except OSError as exc:
+        return f"its log is unreadable ({exc.strerror})"
+    return lines[-1] if lines else "its log is empty"
 
 
 def netem_problems(backend, target: str) -> list[str]:

@@ -70,6 +70,20 @@ def _kill_process(step: dict, backend) -> str:
     return f"killed process {step['pid']}"
 
 
+def _kill_marked(step: dict, backend) -> str:
+    """Kill this machine's processes whose command line contains the fault id (local CPU burners)."""
+    pids = _pids_with(step["marker"].encode())
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + VERIFY_TIMEOUT
+    while _pids_with(step["marker"].encode()) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    left = _pids_with(step["marker"].encode())
+    if left:
+        return f"FAILED: processes {left} of {step['marker']} still run after SIGKILL"
+    return f"killed {len(pids)} process(es) of {step['marker']}"
+
+
 def _remove_route(step: dict, backend) -> str:
     """Send peers and probes straight to the target again, then verify the route is gone."""
     from ..localnet.routes import read_routes, remove_routes
@@ -89,9 +103,15 @@ def _stop_proxy(step: dict, backend) -> str:
         state = read_json(state_path)
     except ValueError:
         state = None
-    if not state:
-        return f"proxy {os.path.basename(state_path)} not running"
-    pid = int(state["pid"])
+    if state:
+        pid = int(state["pid"])
+    else:
+        # A proxy writes its state file once it listens. One started just before its injector
+        # was killed may not have written it yet, but its command line names the file.
+        pids = [pid for pid in _pids_with(state_path.encode()) if _is_proxy(pid)]
+        if not pids:
+            return f"proxy {os.path.basename(state_path)} not running"
+        pid = pids[0]
     if not _is_proxy(pid):
         return f"proxy pid {pid} already gone"
     os.kill(pid, signal.SIGTERM)
@@ -162,6 +182,22 @@ def _cluster(step: dict, backend) -> str:
         return f"FAILED: {step['action']} in {step['namespace']} (context {step['context']}): {exc}"
 
 
+def _pids_with(marker: bytes) -> list[int]:
+    """Return the pids of live processes, other than this one, whose command line contains ``marker``."""
+    found = []
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as handle:
+                command = handle.read()
+            with open(f"/proc/{entry}/stat", encoding="utf-8") as handle:
+                zombie = handle.read().rpartition(")")[2].split()[0] == "Z"
+        except OSError:
+            continue
+        if marker in command and not zombie and int(entry) != os.getpid():
+            found.append(int(entry))
+    return found
+
+
 def _is_proxy(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as handle:
@@ -176,6 +212,7 @@ def _is_proxy(pid: int) -> bool:
 _STEPS = {
     "resume": _resume,
     "kill_process": _kill_process,
+    "kill_marked": _kill_marked,
     "remove_route": _remove_route,
     "stop_proxy": _stop_proxy,
     "netem_delete": _netem_delete,

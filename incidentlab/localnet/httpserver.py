@@ -16,6 +16,11 @@ class ServiceHTTPServer(ThreadingHTTPServer):
 
     daemon_threads = True
     allow_reuse_address = True
+    # socketserver's listen backlog is 5. When more clients connect at once, Linux drops their
+    # SYNs and resends them 1 s and 3 s after the first, which is longer than the gateway's
+    # upstream timeout, so a burst of clients turned into 504s. The kernel caps this value at
+    # net.core.somaxconn.
+    request_queue_size = 256
 
     def handle_error(self, request, client_address) -> None:
         # A client that gave up (a probe timing out on a frozen node, a client whose timeout is

@@ -137,8 +137,9 @@ class LabMonitor:
 
     def watch_requests(self, seconds: float, *, mode: str = "interactive", timeline: list = ()):
         """Show requests by status class and the 5xx ratio, redrawn while ``seconds`` pass; return the figure."""
-        from ..live import LivePlot, plot_requests
+        from ..live import LivePlot, check_watch_seconds, plot_requests
 
+        check_watch_seconds(seconds)  # before the scraper starts
         scraper = self.scraper()
         plot = LivePlot(lambda: plot_requests(scraper.frame("http_requests_total"), timeline), mode=mode,
                         every=max(0.5, scraper.interval))

@@ -237,7 +237,12 @@ class MetricsScraper:
                 if busy:
                     logger.debug("target %s: previous scrape still running, skipping this tick", name)
                     continue
-                self._pool.submit(self._scrape_in_background, name)
+                try:
+                    self._pool.submit(self._scrape_in_background, name)
+                except RuntimeError:
+                    # The interpreter is exiting and has shut the pool down: stop scraping quietly.
+                    logger.debug("scraper stopped at interpreter exit while scraping %s", name)
+                    return
 
             # A fixed schedule, restarted from now after a stall longer than one interval.
             next_tick += self.interval

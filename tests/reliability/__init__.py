@@ -1,0 +1,1 @@
+"""The reliability suite: crashes, load, parallel labs, bad input and killed kernels."""
