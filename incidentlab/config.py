@@ -8,12 +8,14 @@ from pathlib import Path
 
 from .errors import ConfigError
 
-__all__ = ["LabConfig", "default_home", "BACKENDS"]
+__all__ = ["LabConfig", "default_home", "classic_ports_allowed", "BACKENDS"]
 
 BACKENDS = ("auto", "local", "docker", "kubernetes")
 
 #: Environment variable that sets the lab home.
 HOME_ENV = "INCIDENTLAB_HOME"
+#: Environment variable that, set to 0, makes every new lab pick free ports instead of the classic ones.
+CLASSIC_PORTS_ENV = "INCIDENTLAB_CLASSIC_PORTS"
 DEFAULT_HOME = "~/incident-lab"
 DEFAULT_VALIDATORS = 4
 DEFAULT_CHAIN_ID = "virtengine-localnet-1"
@@ -28,6 +30,11 @@ def default_home() -> Path:
     return Path(os.environ.get(HOME_ENV) or DEFAULT_HOME).expanduser()
 
 
+def classic_ports_allowed() -> bool:
+    """Return False when ``$INCIDENTLAB_CLASSIC_PORTS`` is 0, as batch grading sets it so parallel labs never race for a port."""
+    return os.environ.get(CLASSIC_PORTS_ENV, "1").strip().lower() not in ("0", "false", "no")
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class LabConfig:
     """Settings of one lab.
@@ -35,7 +42,8 @@ class LabConfig:
     ``time_scale`` multiplies every duration of the localnet (block time, consensus
     timeouts, fault cycles): 0.1 runs the lab ten times faster than real CometBFT timing.
     ``classic_ports`` asks for the well-known ports (26656, 26657, 26660) for the first
-    validator when they are free; other validators and busy ports get free ones.
+    validator when they are free; other validators and busy ports get free ones. It defaults
+    to True unless ``$INCIDENTLAB_CLASSIC_PORTS`` is 0.
     """
 
     home: Path = dataclasses.field(default_factory=default_home)
@@ -43,7 +51,7 @@ class LabConfig:
     validators: int = DEFAULT_VALIDATORS
     time_scale: float = 1.0
     chain_id: str = DEFAULT_CHAIN_ID
-    classic_ports: bool = True
+    classic_ports: bool = dataclasses.field(default_factory=classic_ports_allowed)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "home", Path(self.home).expanduser().resolve())
