@@ -51,10 +51,10 @@ class Submission:
 def safe_name(text: str, limit: int = 64) -> str:
     """Return ``text`` as a file name of letters, digits, '_', '.' and '-' that cannot leave its folder.
 
-    Anything else becomes '_', leading dots are dropped, and a name that had to change gets a
+    Anything else becomes '_', leading and trailing dots, '_' and '-' are dropped, and a name that had to change gets a
     short hash of the original, so that two different ids never share a file.
     """
-    cleaned = _UNSAFE.sub("_", str(text)).lstrip(".")[:limit].strip("_") or "learner"
+    cleaned = _UNSAFE.sub("_", str(text))[:limit].strip("._-") or "learner"
     if cleaned == text:
         return cleaned
     digest = hashlib.sha256(str(text).encode("utf-8", "surrogatepass")).hexdigest()[:8]
