@@ -31,7 +31,7 @@ def default_home() -> Path:
 
 
 def classic_ports_allowed() -> bool:
-    """Return False when ``$INCIDENTLAB_CLASSIC_PORTS`` is 0, as batch grading sets it so parallel labs never race for a port."""
+    """Return False when ``$INCIDENTLAB_CLASSIC_PORTS`` is 0 (batch grading sets it, so parallel labs skip the classic ports)."""
     return os.environ.get(CLASSIC_PORTS_ENV, "1").strip().lower() not in ("0", "false", "no")
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -26,7 +27,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.notebook]
 TIME_SCALE = 0.1
 CODE = "__import__('os').system('touch /tmp/incidentlab-pwned'); {{7*7}} ${HOME} $(id)"
 HTML = "<img src=x onerror=alert(1)>"
-#: Issue roster: file name -> (decision file, expected status, expected score or None).
+#: Roster of submissions: file name -> (decision file, expected status, expected score or None).
 ROSTER = {
     "ada.json": (decision_file(), "ok", 90.0),
     "bob.json": (decision_file(learner="bob", scenario="high-error-rate", seed=7,
@@ -134,7 +135,7 @@ def test_learner_strings_are_escaped(roster_batch):
     summary = (out / "summary.html").read_text()
     assert "<img src=x" not in summary
     feedback = "".join(path.read_text() for path in (out / "feedback").iterdir())
-    assert "<img src=x" not in feedback
+    assert re.search(r"(?<!\\)<img", feedback) is None
     assert "\\<img src=x onerror=alert(1)\\>" in feedback
 
 
@@ -142,7 +143,8 @@ def test_summary_embeds_plots(roster_batch):
     root, _ = roster_batch
     summary = (root / "out" / "summary.html").read_text()
     assert summary.count('src="data:image/png;base64,iVBOR') == 2
-    assert "high-error-rate" in summary and "node-down" in summary
+    assert "high-error-rate" in summary
+    assert "node-down" in summary
 
 
 def test_parallel_labs_share_no_port(roster_batch):

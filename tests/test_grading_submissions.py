@@ -67,7 +67,8 @@ def test_null_decisions_are_valid(tmp_path, scenarios):
 def test_safe_name_stays_in_folder(tmp_path, learner):
     name = safe_name(learner)
     assert name
-    assert "/" not in name and "\\" not in name
+    assert "/" not in name
+    assert "\\" not in name
     assert not name.startswith(".")
     assert (tmp_path / name).resolve().parent == tmp_path.resolve()
 

@@ -34,7 +34,7 @@ MAX_WORKERS = 16
 
 @dataclasses.dataclass
 class BatchResult:
-    """Where the outputs went, and the rows by status."""
+    """Output paths of a batch, its rows, and the number of notebooks run now and skipped as already graded."""
 
     out: Path
     gradebook: Path
@@ -154,7 +154,7 @@ def _grade_one(submission: Submission, out: Path, key, timeout: float, time_scal
            "answers_path": str(write_json_atomic(work_dir / "answers.json", to_answers(submission.data))),
            "home": str(work_dir / "lab"), "output_path": str(notebook), "work_dir": str(work_dir)}
     result = run_job(job, timeout=timeout)
-    # The lab home holds a localnet's data; the record and the notebook are kept, the rest is not needed.
+    # The lab home contains only the localnet's data now: the record and the notebook are kept elsewhere.
     shutil.rmtree(work_dir / "lab", ignore_errors=True)
 
     variant = key.variant(submission.seed)

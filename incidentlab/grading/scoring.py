@@ -38,7 +38,11 @@ def score_record(rubric: list[dict], variant: dict, record: dict) -> list[ItemSc
     scores = []
     for item in rubric:
         fraction, values = _SCORERS[item["item"]](item, variant, record)
-        verdict = "right" if fraction >= 1 else ("wrong" if fraction <= 0 else "partial")
+        verdict = "partial"
+        if fraction >= 1:
+            verdict = "right"
+        elif fraction <= 0:
+            verdict = "wrong"
         template = item.get(verdict) or item["wrong"]
         reason = string.Formatter().vformat(template, (), _Values(values))
         scores.append(ItemScore(item["item"], round(item["points"] * fraction, 2), float(item["points"]), verdict, reason))

@@ -23,13 +23,13 @@ __all__ = ["JobResult", "run_job", "accept_jobs", "stop_all", "cleanup_lab", "ma
 
 logger = logging.getLogger(__name__)
 
-#: Row statuses: "ok" is graded; the others say why there is no grade.
+#: Row statuses: "ok" is graded, and each other status is the reason why a row has no grade.
 STATUSES = ("ok", "error", "timeout", "dead-kernel", "invalid")
 #: Attempts of a job whose kernel failed to start; no other failure is retried.
 KERNEL_START_ATTEMPTS = 3
-#: Seconds between the end of a job's process group and the lab cleanup checks.
-CLEANUP_POLL = 0.1
-#: Environment of the child: no classic ports, so that parallel labs never want the same port.
+#: Environment of the child: no classic ports, so that parallel labs do not all request 26657, 1317 and 9095.
+# NOTE: two labs created within the same second could still draw the same free port, because a
+# port is chosen when the network file is written and bound only when the service starts.
 CHILD_ENVIRONMENT = {"INCIDENTLAB_CLASSIC_PORTS": "0", "PYTHONUNBUFFERED": "1"}
 
 #: Running workers by pid, with their lab homes, so that stop_all() can end them on Ctrl-C.
@@ -40,7 +40,7 @@ _STOPPING = threading.Event()
 
 @dataclasses.dataclass
 class JobResult:
-    """How one job ended: status (one of STATUSES), the error text, the report record and the attempts made."""
+    """Outcome of one job: status (one of STATUSES), the error text, the report record, attempts and lab ports."""
 
     status: str
     error: str | None
@@ -102,6 +102,7 @@ def _attempt(job: dict, timeout: float) -> tuple[str, str | None, dict | None, l
     result_path = work_dir / "result.json"
     result_path.unlink(missing_ok=True)
     job_path = write_json_atomic(work_dir / "job.json", job)
+
     # Jupyter's runtime files and IPython's profile stay in the job's folder, not in the user's home.
     env = {**os.environ, **CHILD_ENVIRONMENT, "JUPYTER_RUNTIME_DIR": str(work_dir / "jupyter-runtime"),
            "IPYTHONDIR": str(work_dir / "ipython")}
@@ -109,6 +110,7 @@ def _attempt(job: dict, timeout: float) -> tuple[str, str | None, dict | None, l
         process = subprocess.Popen([sys.executable, "-m", "incidentlab.grading.worker", str(job_path)],
                                    stdin=subprocess.DEVNULL, stdout=errors, stderr=errors, env=env,
                                    start_new_session=True)
+
     with _RUNNING_LOCK:
         if _STOPPING.is_set():
             _kill_group(process)
@@ -125,6 +127,7 @@ def _attempt(job: dict, timeout: float) -> tuple[str, str | None, dict | None, l
     finally:
         with _RUNNING_LOCK:
             _RUNNING.pop(process.pid, None)
+
     result = read_json(result_path)
     if result is None:
         cleanup_lab(Path(job["home"]))
@@ -185,7 +188,7 @@ def cleanup_lab(home: Path) -> None:
 
 def _processes_of(home: Path, command_part: str) -> list[int]:
     """Return the pids of this user's processes whose INCIDENTLAB_HOME is ``home`` and whose command line has ``command_part``."""
-    wanted = f"INCIDENTLAB_HOME={home}".encode()
+    marker = f"INCIDENTLAB_HOME={home}".encode()
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
@@ -195,7 +198,7 @@ def _processes_of(home: Path, command_part: str) -> list[int]:
             command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
-        if wanted in environ and command_part in command:
+        if marker in environ and command_part in command:
             found.append(int(entry.name))
     return found
 

@@ -33,7 +33,7 @@ NODE_DOWN_SEED_2 = {
 
 
 def decision_file(**changes) -> dict:
-    """Return a copy of NODE_DOWN_SEED_2 with top-level keys and "decisions.<key>" keys replaced."""
+    """Return a copy of NODE_DOWN_SEED_2 with top-level keys replaced; a keyword decisions_<key> replaces decisions[<key>]."""
     data = copy.deepcopy(NODE_DOWN_SEED_2)
     for key, value in changes.items():
         if key.startswith("decisions_"):
