@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from incidentlab.grading import grade  # noqa: E402
-from incidentlab.grading.submissions import to_answers  # noqa: E402
+from incidentlab.incident.decisions import to_answers  # noqa: E402
 
 #: Scenario, seed, faulty target and expected severity of each learner in turn: two variants of each simulation.
 CASES = (("node-down", 2, "virtengine-node-2", "SEV-3"), ("high-error-rate", 7, "virtengine-node-0", "SEV-2"),

@@ -108,7 +108,7 @@ class ScenarioError(IncidentLabError):
     """A scenario or simulation was used wrongly (unknown id, injected twice, not injected)."""
 
 
-class AnswerFileError(IncidentLabError):
+class AnswerFileError(IncidentLabError, ValueError):
     """An answers file is missing, not valid JSON or YAML, or breaks its schema."""
 
     def __init__(self, path: str, message: str, field: str | None = None):

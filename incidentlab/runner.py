@@ -14,7 +14,7 @@ from .config import LabConfig, default_home
 from .errors import ConfigError
 from .scenarios import NOTEBOOKS, SCENARIOS
 
-__all__ = ["run_notebook", "RunResult", "read_report", "resolve_notebook"]
+__all__ = ["run_notebook", "RunResult", "read_report", "resolve_notebook", "salvage_report"]
 
 logger = logging.getLogger(__name__)
 
@@ -94,15 +94,44 @@ def run_notebook(notebook: str, parameters: dict[str, Any] | None = None, *, hom
                                    cwd=str(path.parent), execution_timeout=cell_timeout, progress_bar=False)
     except PapermillExecutionError as exc:
         error = f"cell {exc.exec_count}: {exc.ename}: {exc.evalue}"
+    except BaseException as exc:  # a dead kernel or an interrupt: save what the run has, then re-raise
+        salvage_report(home_path, started, f"{type(exc).__name__}: {exc}")
+        raise
     finally:
         if not (was_up or keep_up):
             _stop_prometheus(home_path)
             backend.down()
-    record = read_report(output_path)
+    record = read_report(output_path) if output_path.exists() else None
+    if record is None and error is not None:
+        record = salvage_report(home_path, started, error)
     report_path = None
     if record is not None:
         report_path = home_path / "incidents" / f"{record['id']}.md"
     return RunResult(output_path, report_path, record, error)
+
+
+def salvage_report(home: Path, since: _dt.datetime, error: str) -> dict | None:
+    """Save the report of the newest incident begun since ``since`` in ``home``, noting the failure.
+
+    A run that fails before its report cell still leaves the incident record that the
+    simulation saved at each event; this adds a note with ``error``, writes the report and the
+    decision file, and returns the record (None when no incident was begun).
+    """
+    from .incident.decisions import save_decisions
+    from .incident.record import IncidentStore
+    from .incident.report import save_report
+
+    store = IncidentStore(home)
+    begun = [incident for incident in store.list() if incident.created_at >= since]
+    if not begun:
+        return None
+    incident = begun[-1]
+    incident.add_event("note", "lab", f"the run failed before its report cell: {error}")
+    save_report(incident, store)
+    save_decisions(incident, store)
+    logger.warning("run failed (%s); report of incident %s learner=%s saved from its record",
+                   error, incident.id, incident.learner)
+    return incident.to_json()
 
 
 def read_report(notebook_path: str | Path) -> dict | None:

@@ -103,3 +103,26 @@ def test_run_lab_setup_needs_no_answers(home):
     result = incidentlab(home, "run", "lab-setup", "-p", "time_scale", "0.1", "-p", "backend", "local", timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "executed notebook" in result.stdout
+
+
+@pytest.mark.notebook
+def test_a_failed_run_still_saves_its_report_and_decisions(home, tmp_path):
+    import yaml
+
+    from incidentlab._resources import data_path
+
+    answers = yaml.safe_load(data_path("answers", "node-down-seed-2.yaml").read_text())
+    answers["actions"] = [{"action": "start", "target": "virtengine-node-99"}]
+    path = tmp_path / "wrong-target.yaml"
+    path.write_text(yaml.safe_dump(answers))
+    result = incidentlab(home, "run", "node-down", "-p", "seed", "2", "-p", "time_scale", "0.1",
+                         "-p", "answers_path", str(path), "-p", "learner", "ada", timeout=300)
+    assert result.returncode != 0
+    assert "virtengine-node-99" in result.stdout + result.stderr
+    reports = list((home / "incidents").glob("INC-*.md"))
+    assert len(reports) == 1
+    text = reports[0].read_text()
+    assert "the run failed before its report cell" in text
+    assert "severity set: SEV-3" in text
+    decisions = json.loads((home / "submissions" / "ada-node-down-seed-2.json").read_text())
+    assert decisions["decisions"]["triage"]["severity"] == "SEV-3"

@@ -29,24 +29,24 @@ CODE = "__import__('os').system('touch /tmp/incidentlab-pwned'); {{7*7}} ${HOME}
 HTML = "<img src=x onerror=alert(1)>"
 #: Roster of submissions: file name -> (decision file, expected status, expected score or None).
 ROSTER = {
-    "ada.json": (decision_file(), "ok", 90.0),
+    "ada.json": (decision_file(), "ok", 100.0),
     "bob.json": (decision_file(learner="bob", scenario="high-error-rate", seed=7,
                                decisions_triage={"severity": "SEV-3", "affected_services": ["api-gateway"]},
                                decisions_diagnosis={"category": "container or orchestration",
                                                     "target": "virtengine-node-1", "evidence": "504s"},
                                actions=[{"action": "halt", "target": "all faults", "options": {}}]),
-                 "ok", 67.5),
-    "traversal.json": (decision_file(learner="../../outside"), "ok", 90.0),
+                 "ok", 77.5),
+    "traversal.json": (decision_file(learner="../../outside"), "ok", 100.0),
     "code.json": (decision_file(learner="=HYPERLINK(\"http://127.0.0.1/x\")", decisions_root_cause=CODE,
                                 decisions_diagnosis={"category": "container or orchestration", "target": HTML,
                                                      "evidence": CODE}),
-                  "ok", 77.5),
+                  "ok", 87.5),
     "nofix.json": (decision_file(learner="carol", seed=7,
                                  decisions_triage={"severity": "SEV-1"},
                                  decisions_diagnosis={"category": "container or orchestration",
                                                       "target": "virtengine-node-1"},
-                                 actions=[{"action": "start", "target": "virtengine-node-1"}]),
-                   "ok", 57.5),
+                                 actions=[{"action": "start", "target": "virtengine-node-1", "options": {}}]),
+                   "ok", 67.5),
     "broken.json": ('{"schema": "incidentlab/decisions", "learner": ', "invalid", None),
     "wrongschema.json": (decision_file(learner="dan", schema_version=2), "invalid", None),
 }
@@ -110,7 +110,7 @@ def test_gradebook_has_rows_and_totals(roster_batch):
     root, _ = roster_batch
     rows = read_gradebook(root / "out" / "gradebook.csv")
     totals = {row["learner_file"]: row for row in rows if row["scenario"] == "TOTAL"}
-    assert totals["ada"]["score"] == "90.0"
+    assert totals["ada"]["score"] == "100.0"
     assert totals["ada"]["max_score"] == "100.0"
     assert len([row for row in rows if row["status"] == "invalid"]) == 2
     # A learner id that a spreadsheet would run as a formula is written as text.

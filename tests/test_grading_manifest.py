@@ -40,7 +40,7 @@ def test_corrupt_manifest_is_clear_error(tmp_path, text):
 
 def test_grade_command_invalid_only(tmp_path, capsys):
     write(tmp_path / "subs", "broken.json", "{")
-    write(tmp_path / "subs", "wrong.json", decision_file(seed=-1))
+    write(tmp_path / "subs", "wrong.json", decision_file(seed="7"))
     code = main(["grade", str(tmp_path / "subs"), "--out", str(tmp_path / "out"), "--no-progress"])
     output = capsys.readouterr().out
     assert code == 0

@@ -16,10 +16,9 @@ def event(kind: str, message: str = "", **data) -> dict:
 
 
 def record(severity="SEV-3", category="container or orchestration", target="virtengine-node-2",
-           kinds=ALL_KINDS, updates=(), overdue=0) -> dict:
+           kinds=ALL_KINDS, updates=()) -> dict:
     timeline = [event(kind, "start virtengine-node-2" if kind == "action" else "") for kind in kinds]
     timeline += [event("status_update", **fields) for fields in updates]
-    timeline += [event("update_overdue") for _ in range(overdue)]
     return {"severity": severity, "decisions": {"diagnosis": {"category": category, "target": target}},
             "timeline": timeline, "measured_s": {}}
 
@@ -87,13 +86,18 @@ def test_unverified_recovery_scores_zero(node_down):
     assert result["timeline"].reason == "The timeline misses recovery_verified."
 
 
-def test_status_updates_overdue_and_incomplete(node_down):
+def test_status_updates_late_missed_incomplete(node_down):
     key, variant = node_down
-    incomplete = {**COMPLETE_UPDATE, "needs": ""}
-    item = scores(key, variant, record(updates=[COMPLETE_UPDATE, incomplete], overdue=2))["status_updates"]
+    incomplete = {**COMPLETE_UPDATE, "conditions": ""}
+    data = record(updates=[COMPLETE_UPDATE, COMPLETE_UPDATE, incomplete])
+    data["timeline"] += [event("update_overdue", posted=True), event("update_overdue", posted=False)]
+    item = scores(key, variant, data)["status_updates"]
+    # Four updates were due (three posted, one missed); one was late and one incomplete.
     assert item.points == pytest.approx(10 * 1 / 4)
-    assert "2 update(s) were overdue" in item.reason
-    assert "1 of 2 update(s) leave one of" in item.reason
+    assert item.verdict == "partial"
+    assert "1 update(s) were posted late" in item.reason
+    assert "1 update(s) that were due were never posted" in item.reason
+    assert "1 of 3 update(s) leave one of conditions, actions empty" in item.reason
 
 
 def test_no_status_update_says_so(node_down):

@@ -18,7 +18,8 @@ from ..errors import AnswerFileError, ConfigError
 from .manifest import Manifest
 from .scenarios import load_scenarios
 from .scoring import score_record
-from .submissions import Submission, find_submissions, load_submission, safe_name, to_answers
+from ..incident.decisions import to_answers
+from .submissions import Submission, find_submissions, load_submission, safe_name
 from .worker import accept_jobs, run_job, stop_all
 
 __all__ = ["grade", "BatchResult", "DEFAULT_TIMEOUT", "DEFAULT_TIME_SCALE"]

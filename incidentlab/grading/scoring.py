@@ -92,20 +92,28 @@ def _timeline(item: dict, variant: dict, record: dict) -> tuple[float, dict]:
 
 
 def _status_updates(item: dict, variant: dict, record: dict) -> tuple[float, dict]:
+    """Score the status updates that the severity's cadence made due; each earns its share if on time and complete."""
     events = record.get("timeline") or []
     posted = [event for event in events if event["kind"] == "status_update"]
-    overdue = sum(1 for event in events if event["kind"] == "update_overdue")
+    overdue = [event for event in events if event["kind"] == "update_overdue"]
+    late = sum(1 for event in overdue if event.get("data", {}).get("posted"))
+    missed = len(overdue) - late
     fields = item.get("fields", [])
-    incomplete = [event for event in posted if any(not event.get("data", {}).get(field) for field in fields)]
+    incomplete = sum(1 for event in posted if any(not event.get("data", {}).get(field) for field in fields))
     problems = []
     if not posted:
         problems.append("the incident record has no status update")
-    if overdue:
-        problems.append(f"{overdue} update(s) were overdue")
+    if late:
+        problems.append(f"{late} update(s) were posted late")
+    if missed:
+        problems.append(f"{missed} update(s) that were due were never posted")
     if incomplete:
-        problems.append(f"{len(incomplete)} of {len(posted)} update(s) leave one of {', '.join(fields)} empty")
-    due = len(posted) + overdue
-    fraction = (len(posted) - len(incomplete)) / due if due else 0.0
+        problems.append(f"{incomplete} of {len(posted)} update(s) leave one of {', '.join(fields)} empty")
+
+    # Every update that was due counts once: posted (on time or late) or missed.
+    due = len(posted) + missed
+    good = max(0, len(posted) - late - incomplete)
+    fraction = good / due if due else 0.0
     return fraction, {"posted": len(posted), "detail": "; ".join(problems)}
 
 

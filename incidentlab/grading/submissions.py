@@ -1,7 +1,7 @@
-"""Learner submissions: decision files read as data, validated, and turned into answers files.
+"""Learner submissions: decision files read as data and validated before a batch replays them.
 
 Reads files from the submissions folder only. No value of a submission is ever executed or
-used as a path; learner ids become file names only through safe_name().
+used as a path, and learner ids become file names only through safe_name().
 """
 
 from __future__ import annotations
@@ -12,17 +12,15 @@ import json
 import logging
 import re
 from pathlib import Path
-from typing import Any
 
-from .._resources import project_root
 from ..errors import AnswerFileError
+from ..incident.schemas import check
 
-__all__ = ["Submission", "load_submission", "find_submissions", "safe_name", "to_answers", "SCHEMA_NAME"]
+__all__ = ["Submission", "load_submission", "find_submissions", "safe_name"]
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_NAME = "decisions.schema.json"
-#: Largest decision file read, in bytes; a real export is a few tens of kilobytes.
+#: Largest decision file read, in bytes: far above what a report cell exports, so only a bogus file hits it.
 MAX_FILE_BYTES = 2_000_000
 #: Keyword options that a replayed action may carry, by action (the Lab method's parameters).
 ACTION_OPTIONS = {"stop": {"timeout"}, "kill": {"signal"}}
@@ -79,7 +77,7 @@ def find_submissions(directory: str | Path) -> list[Path]:
 
 
 def load_submission(path: str | Path, scenarios: dict) -> Submission:
-    """Read and validate one decision file against the schema and the scenario it names.
+    """Read and validate one decision file against its schema (decisions_file) and the scenario it names.
 
     ``scenarios`` maps scenario id to ScenarioKey. Raises AnswerFileError naming the file,
     the field and the problem.
@@ -87,78 +85,45 @@ def load_submission(path: str | Path, scenarios: dict) -> Submission:
     path = Path(path)
     raw = path.read_bytes()
     if len(raw) > MAX_FILE_BYTES:
-        _fail(path, "(file)", f"is {len(raw)} bytes, more than the maximum {MAX_FILE_BYTES}")
+        _fail(path, "(file)", f"{len(raw)} bytes", f"the maximum size is {MAX_FILE_BYTES} bytes")
     try:
         data = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:
         raise AnswerFileError(str(path), f"{path.name}: not valid JSON ({exc}); export the decision file "
                                          "again from the report cell", "(file)") from exc
-    _check_schema(path, data)
+    check("decisions_file", data, path.name)
     _check_scenario(path, data, scenarios)
     return Submission(path, hashlib.sha256(raw).hexdigest(), data["learner"], safe_name(data["learner"]),
                       data["scenario"], data["seed"], data)
 
 
-def to_answers(data: dict) -> dict[str, Any]:
-    """Return the answers file (the keys of scenarios/answers.py) that replays a decision file.
-
-    Decisions that are missing or null are left out, so the notebook records no decision for them.
-    """
-    decisions = data.get("decisions") or {}
-    answers: dict[str, Any] = {"learner": data["learner"]}
-    for key in ("acknowledge", "status", "root_cause", "resolution", "action_items", "lessons_learned"):
-        if decisions.get(key) is not None:
-            answers[key] = decisions[key]
-    for key in ("triage", "diagnosis"):
-        given = {name: value for name, value in (decisions.get(key) or {}).items() if value is not None}
-        if given:
-            answers[key] = given
-    # NOTE: status_updates are left out until the answers file accepts them; the notebook
-    # cannot post them otherwise.
-    actions = []
-    for action in data.get("actions") or []:
-        replay = {"action": action["action"], **(action.get("options") or {})}
-        if action.get("target") is not None:
-            replay["target"] = action["target"]
-        actions.append(replay)
-    if actions:
-        answers["actions"] = actions
-    return answers
-
-
-def _check_schema(path: Path, data: Any) -> None:
-    import jsonschema
-
-    schema = json.loads((project_root() / "data" / "schemas" / SCHEMA_NAME).read_text(encoding="utf-8"))
-    error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema).iter_errors(data))
-    if error is not None:
-        field = ".".join(str(part) for part in error.absolute_path) or "(top level)"
-        _fail(path, field, f"is invalid: {error.message}")
-
-
 def _check_scenario(path: Path, data: dict, scenarios: dict) -> None:
     key = scenarios.get(data["scenario"])
     if key is None:
-        _fail(path, "scenario", f"is {data['scenario']!r}, not a scenario with an answer key "
-                                f"({', '.join(sorted(scenarios))})")
-    allowed = key.data["actions"]
-    for index, action in enumerate(data.get("actions") or []):
-        name, target = action["action"], action.get("target")
-        if name not in allowed:
-            _fail(path, f"actions.{index}.action", f"is {name!r}; scenario {key.id!r} can replay {', '.join(allowed)}")
-        if name != "halt" and (not isinstance(target, str) or not _TARGET.match(target)):
-            _fail(path, f"actions.{index}.target", f"is {target!r}; name a lab target like virtengine-node-1")
-        unknown = set(action.get("options") or {}) - ACTION_OPTIONS.get(name, set())
-        if unknown:
-            _fail(path, f"actions.{index}.options", f"has {', '.join(sorted(map(repr, unknown)))}, which {name!r} "
-                                                   f"does not take ({', '.join(sorted(ACTION_OPTIONS.get(name, ()))) or 'no options'})")
-    services = set(key.data["services"])
-    affected = ((data["decisions"].get("triage") or {}).get("affected_services")) or []
-    unknown_services = sorted(set(affected) - services)
-    if unknown_services:
-        _fail(path, "decisions.triage.affected_services", f"has {unknown_services}, which scenario {key.id!r} "
-                                                          f"does not have; choose from {sorted(services)}")
+        _fail(path, "scenario", data["scenario"], f"use a scenario with an answer key: {', '.join(sorted(scenarios))}")
+    for index, action in enumerate(data["actions"]):
+        _check_action(path, f"actions[{index}]", action, key)
+    affected = (data["decisions"].get("triage") or {}).get("affected_services") or []
+    unknown = sorted(set(affected) - set(key.data["services"]))
+    if unknown:
+        _fail(path, "decisions.triage.affected_services", unknown,
+              f"scenario {key.id!r} has only the services {', '.join(key.data['services'])}")
 
 
-def _fail(path: Path, field: str, problem: str) -> None:
-    raise AnswerFileError(str(path), f"{path.name}: field {field!r} {problem}", field)
+def _check_action(path: Path, field: str, action: dict, key) -> None:
+    name, target, options = action["action"], action["target"], action["options"]
+    if name not in key.data["actions"]:
+        _fail(path, f"{field}.action", name, f"scenario {key.id!r} can replay {', '.join(key.data['actions'])}")
+    if name != "halt" and (not isinstance(target, str) or not _TARGET.match(target)):
+        _fail(path, f"{field}.target", target, "name a lab target, like virtengine-node-1")
+    allowed = ACTION_OPTIONS.get(name, set())
+    for option, value in options.items():
+        if option not in allowed:
+            _fail(path, f"{field}.options.{option}", value,
+                  f"{name!r} takes {', '.join(sorted(allowed)) or 'no options'}")
+        if not isinstance(value, (str, int, float, bool)):
+            _fail(path, f"{field}.options.{option}", value, "use a string or a number")
+
+
+def _fail(path: Path, field: str, value, rule: str) -> None:
+    raise AnswerFileError(str(path), f"{path.name}: field {field!r} has the invalid value {value!r}; {rule}", field)

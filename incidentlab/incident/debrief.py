@@ -39,8 +39,14 @@ class Debrief:
         self.incidents: list[Incident] = IncidentStore(self.home).list()
 
     def summary(self) -> "pd.DataFrame":
-        """Return one row per incident: id, scenario, learner, severity, root cause, status, times (s)."""
+        """Return one row per incident: its decisions, measured times (s) and communication.
+
+        Columns: id, scenario, learner, severity, root cause, status, the four times, whether
+        the response target was met, and how many status updates were posted and late.
+        """
         import pandas as pd
+
+        from .communication import response_check
 
         rows = []
         for incident in self.incidents:
@@ -51,6 +57,9 @@ class Debrief:
                 "severity": incident.severity, "root cause category": diagnosis.get("category"),
                 "target": diagnosis.get("target"), "status": incident.status,
                 **{f"{name.removeprefix('time_to_')} (s)": _seconds(value) for name, value in times.items()},
+                "response target met": response_check(incident)["met"],
+                "updates posted": len(incident.decisions.get("status_updates", [])),
+                "updates late": sum(1 for event in incident.timeline if event.kind == "update_overdue"),
             })
         return pd.DataFrame(rows)
 

@@ -44,6 +44,8 @@ EVENT_KINDS = (
     "status_changed",
     "diagnosis",
     "action",
+    "status_update",
+    "update_overdue",
     "recovery_verified",
     "note",
 )
@@ -104,8 +106,9 @@ class Incident:
 
     ``severity`` is a key of SEVERITY_LEVELS or None, ``status`` one of STATUSES,
     ``impact`` contains numbers (blocks missed, requests failed) and ``decisions`` the
-    learner's decisions (root_cause, action_items, lessons_learned). Raises RecordError
-    for an unknown severity or status, or a naive created_at.
+    learner's decisions (root_cause, action_items, lessons_learned). ``time_scale`` is the
+    lab's, which compresses the response targets and the update cadence as it compresses the
+    chain's timeouts. Raises RecordError for an unknown severity or status, or a naive created_at.
     """
 
     id: str
@@ -119,6 +122,7 @@ class Incident:
     decisions: dict = dataclasses.field(default_factory=dict)
     timeline: list[TimelineEvent] = dataclasses.field(default_factory=list)
     created_at: _dt.datetime = dataclasses.field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc))
+    time_scale: float = 1.0
 
     def __post_init__(self) -> None:
         _check_severity(self.severity)
@@ -271,6 +275,7 @@ class Incident:
             "impact": self.impact,
             "decisions": self.decisions,
             "created_at": _format_time(self.created_at),
+            "time_scale": self.time_scale,
             "timeline": [event.to_json() for event in self.timeline],
             "measured_s": measured,
         }
@@ -310,6 +315,7 @@ class Incident:
             decisions=reader.get(data, "decisions", dict),
             timeline=[reader.event(item, f"timeline[{index}]") for index, item in enumerate(events)],
             created_at=reader.time(data, "created_at"),
+            time_scale=reader.get(data, "time_scale", (int, float)) if "time_scale" in data else 1.0,
         )
 
 

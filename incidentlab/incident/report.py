@@ -110,12 +110,49 @@ def _context(incident: Incident) -> dict[str, Any]:
             {"name": label, "span": span, "value": format_duration(getattr(incident, name))}
             for name, label, span in MEASURED_TIMES
         ],
+        **_communication(incident),
         "root_cause": _text(decisions.get("root_cause")) or NOT_RECORDED,
         "resolution": _resolution(incident.timeline),
         "action_items": [_action_item(item) for item in _as_list(decisions.get("action_items"))],
         "lessons_learned": [_text(item) for item in _as_list(decisions.get("lessons_learned"))],
         "not_recorded": NOT_RECORDED,
     }
+
+
+def _communication(incident: Incident) -> dict[str, Any]:
+    """Return the response-target line, the cadence, the updates table and the overdue lines."""
+    from .communication import response_check, update_cadence, updates_table
+
+    check = response_check(incident)
+    if check["target_s"] is None:
+        response = f"{NOT_MEASURED} (no severity set)"
+    else:
+        target = format_duration(_dt.timedelta(seconds=check["target_s"]))
+        taken = (format_duration(_dt.timedelta(seconds=check["response_s"]))
+                 if check["response_s"] is not None else "no acknowledgement")
+        verdict = {True: "met", False: "missed", None: "pending"}[check["met"]]
+        response = f"{verdict}: fault injected to acknowledgement {taken}, target {target}{_scale(incident)}"
+    cadence = update_cadence(incident.severity, incident.time_scale)
+    rows = [{"time": _clock(_parse_iso(row["time"]), False), "status": _cell(row.get("status") or ""),
+             "conditions": _cell(row.get("conditions") or ""), "actions": _cell(row.get("actions") or ""),
+             "needs": _cell(row.get("needs") or ""),
+             "due": _clock(_parse_iso(row["next_update_due"]), False) if row.get("next_update_due") else "",
+             "on_time": "yes" if row["on_time"] else "**late**"} for row in updates_table(incident)]
+    overdue = [f"{_clock(event.time, False)} UTC: {_inline(event.message)}"
+               for event in incident.timeline if event.kind == "update_overdue"]
+    return {"response": response, "updates": rows, "overdue": overdue,
+            "cadence": (f"an update at least every {format_duration(cadence)}{_scale(incident)}"
+                        if cadence is not None else f"{NOT_MEASURED} (no severity set)")}
+
+
+def _scale(incident: Incident) -> str:
+    if incident.time_scale == 1:
+        return ""
+    return f" (lab time, compressed by time_scale {incident.time_scale:g})"
+
+
+def _parse_iso(text: str) -> _dt.datetime:
+    return _dt.datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=_dt.timezone.utc)
 
 
 def _severity(code: str | None) -> str:

@@ -1,7 +1,8 @@
 """Answers files: a learner's decisions as data, read in batch mode instead of widgets.
 
-An answers file is JSON or YAML with the keys below; every key is optional, and a key that is
-present must have the right shape. Errors name the file, the field, the value and the rule.
+An answers file is JSON or YAML; every key is optional, and a key that is present must follow
+the "answers" schema in data/schemas/decisions.schema.json. Errors name the file, the field,
+the value and the rule.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import AnswerFileError
-from ..incident.record import SEVERITY_LEVELS, STATUSES
 
 __all__ = ["load_answers", "ROOT_CAUSE_CATEGORIES", "ACTION_ITEM_TYPES", "REMEDIATION_ACTIONS"]
 
@@ -27,8 +27,6 @@ ACTION_ITEM_TYPES = ("prevent", "mitigate", "process")
 REMEDIATION_ACTIONS = ("start", "stop", "restart", "pause", "unpause", "kill", "halt")
 #: Actions that act on the whole lab rather than one target.
 TARGETLESS_ACTIONS = ("halt",)
-_KNOWN_KEYS = ("learner", "acknowledge", "triage", "status", "diagnosis", "actions", "root_cause",
-               "resolution", "action_items", "lessons_learned")
 
 
 def load_answers(path: str | Path) -> dict[str, Any]:
@@ -69,35 +67,11 @@ def _parse(path: Path, text: str) -> dict:
 
 
 def _check(path: Path, data: dict) -> None:
-    def fail(field: str, value: Any, rule: str) -> None:
-        raise AnswerFileError(str(path), f"{path}: field {field!r} has the invalid value {value!r}; {rule}", field)
+    from ..incident.schemas import check
 
-    for key in data:
-        if key not in _KNOWN_KEYS:
-            fail(key, data[key], f"unknown field; known fields are {', '.join(_KNOWN_KEYS)}")
-    triage = data.get("triage", {})
-    if not isinstance(triage, dict):
-        fail("triage", triage, "it must be a mapping with severity, affected_services, user_impact, failure_rate")
-    if "severity" in triage and triage["severity"] not in SEVERITY_LEVELS:
-        fail("triage.severity", triage["severity"], f"use one of {', '.join(SEVERITY_LEVELS)}")
-    rate = triage.get("failure_rate")
-    if rate is not None and (isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate <= 1):
-        fail("triage.failure_rate", rate, "use a fraction from 0 to 1 (0.5 means half the requests fail)")
-    for index, status in enumerate(data.get("status", [])):
-        if status not in STATUSES:
-            fail(f"status[{index}]", status, f"use one of {', '.join(STATUSES)}")
-    diagnosis = data.get("diagnosis", {})
-    if not isinstance(diagnosis, dict):
-        fail("diagnosis", diagnosis, "it must be a mapping with category, target and evidence")
-    if "category" in diagnosis and diagnosis["category"] not in ROOT_CAUSE_CATEGORIES:
-        fail("diagnosis.category", diagnosis["category"], f"use one of: {', '.join(ROOT_CAUSE_CATEGORIES)}")
+    check("answers", data, str(path))
     for index, action in enumerate(data.get("actions", [])):
-        if not isinstance(action, dict) or not isinstance(action.get("action"), str) or not action["action"]:
-            fail(f"actions[{index}]", action, f"each action needs action: like {', '.join(REMEDIATION_ACTIONS)}")
-        if action["action"] in TARGETLESS_ACTIONS:
-            continue
-        if not isinstance(action.get("target"), str) or not action["target"]:
-            fail(f"actions[{index}].target", action.get("target"), "name the target, like virtengine-node-1")
-    for index, item in enumerate(data.get("action_items", [])):
-        if not isinstance(item, dict) or item.get("type") not in ACTION_ITEM_TYPES or not item.get("text"):
-            fail(f"action_items[{index}]", item, f"each item needs type (one of {', '.join(ACTION_ITEM_TYPES)}) and text")
+        if action["action"] not in TARGETLESS_ACTIONS and not action.get("target"):
+            raise AnswerFileError(str(path), f"{path}: field 'actions[{index}].target' has the invalid value "
+                                  f"{action.get('target')!r}; name the target, like virtengine-node-1",
+                                  f"actions[{index}].target")

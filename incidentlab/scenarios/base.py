@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from ..errors import ConfigError, ScenarioError
 from ..incident.record import Incident, IncidentStore
-from .answers import ROOT_CAUSE_CATEGORIES, load_answers
+from .answers import load_answers
+from .decisions import LearnerDecisions
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -52,19 +53,23 @@ class Verification:
 
 @dataclasses.dataclass
 class Report:
-    """The rendered incident report, the paths it was saved to and the record as JSON."""
+    """The rendered incident report, the paths it was saved to, the record as JSON and the decision file."""
 
     markdown: str
     markdown_path: Path
     json_path: Path
     record: dict
+    decisions_path: Path | None = None
 
     def _repr_mimebundle_(self, include=None, exclude=None) -> dict:
         # The JSON part lets a papermill run be read back without parsing the Markdown.
-        return {"text/markdown": self.markdown, REPORT_MIME: self.record, "text/plain": self.markdown}
+        shown = self.markdown
+        if self.decisions_path is not None:
+            shown += f"\n---\n\nDecision file to submit for grading: `{self.decisions_path}`\n"
+        return {"text/markdown": shown, REPORT_MIME: self.record, "text/plain": shown}
 
 
-class Simulation:
+class Simulation(LearnerDecisions):
     """Base class of the simulations; subclasses define the fault, the checks and the impact."""
 
     scenario_id = ""
@@ -124,7 +129,7 @@ class Simulation:
         if self.active or self.incident is not None:
             raise ScenarioError(f"simulation {self.scenario_id!r} was already injected; create a new one to run again")
         self.incident = Incident(id=self.store.new_id(), scenario=self.scenario_id, title=self.title,
-                                 learner=self.learner, seed=self.seed)
+                                 learner=self.learner, seed=self.seed, time_scale=self.lab.config.time_scale)
         self._start_probes()
         self.active = True
         self.injected_at = _dt.datetime.now(_dt.timezone.utc)
@@ -137,77 +142,6 @@ class Simulation:
                     self.scenario_id, self.incident.id, self.learner, self.seed, self.variant["name"])
         return (f"{self.incident.id}: fault injected at {self.injected_at:%H:%M:%S} UTC. "
                 "Begin incident response!")
-
-    def acknowledge(self) -> None:
-        """Record that the learner has seen the incident (the human acknowledgement)."""
-        self._require_incident()
-        if self.mode == "batch" and not self.answers.get("acknowledge", True):
-            return
-        self._event("acknowledged", "learner", f"by {self.learner}")
-
-    def triage(self, severity: str | None = None, affected_services: list[str] | None = None,
-               user_impact: str | None = None, failure_rate: float | None = None) -> dict:
-        """Record the triage decision; values left None come from the answers file.
-
-        Returns the decision. Raises ConfigError for a severity outside SEV-1..SEV-4 or an
-        affected service the scenario does not have.
-        """
-        self._require_incident()
-        given = {"severity": severity, "affected_services": affected_services, "user_impact": user_impact,
-                 "failure_rate": failure_rate}
-        decision = {key: value if value is not None else self.answers.get("triage", {}).get(key)
-                    for key, value in given.items()}
-        unknown = [s for s in decision["affected_services"] or [] if s not in self.services]
-        if unknown:
-            raise ConfigError(f"affected_services has unknown services {unknown}; choose from {list(self.services)}")
-        if decision["severity"] is None:
-            return {"recorded": False, "hint": "pass severity='SEV-1'..'SEV-4' and the other fields"}
-        with self._lock:
-            self.incident.set_severity(decision["severity"])
-            self.incident.decisions["triage"] = decision
-        self.save()
-        return decision
-
-    def set_status(self, status: str | None = None) -> str | None:
-        """Move the status page to ``status``; in batch mode the next status from the answers file."""
-        self._require_incident()
-        if status is None:
-            planned = list(self.answers.get("status", []))
-            done = sum(1 for e in self.incident.timeline if e.kind == "status_changed")
-            status = planned[done] if done < len(planned) else None
-        if status is None:
-            return None
-        if status == self.incident.status and self.incident.first("status_changed") is not None:
-            return status  # already posted: an unchanged status is no new event
-        with self._lock:
-            self.incident.set_status(status)
-        self.save()
-        return status
-
-    def resolve(self) -> str:
-        """Set the status to Resolved, but only once the probes have verified the recovery."""
-        self._require_incident()
-        if self.incident.first("recovery_verified") is None:
-            return "not resolved: the probes have not verified a recovery yet; fix the cause and run verify() again"
-        self.set_status("Resolved")
-        return "Resolved"
-
-    def diagnose(self, category: str | None = None, target: str | None = None, evidence: str | None = None) -> dict:
-        """Record the diagnosis: root-cause category, target and evidence (answers file for None)."""
-        self._require_incident()
-        from_file = self.answers.get("diagnosis", {})
-        decision = {"category": category or from_file.get("category"), "target": target or from_file.get("target"),
-                    "evidence": evidence or from_file.get("evidence")}
-        if decision["category"] is None:
-            return {"recorded": False, "hint": f"pass category= one of {list(ROOT_CAUSE_CATEGORIES)}"}
-        if decision["category"] not in ROOT_CAUSE_CATEGORIES:
-            raise ConfigError(f"category={decision['category']!r} is invalid; use one of {list(ROOT_CAUSE_CATEGORIES)}")
-        with self._lock:
-            self.incident.decisions["diagnosis"] = decision
-            self.incident.add_event("diagnosis", "learner", f"{decision['category']} on {decision['target']}",
-                                    **decision)
-        self.save()
-        return decision
 
     def remediation_actions(self) -> dict[str, Callable[..., Any]]:
         """Return the actions an answers file may replay, by name: ``callable(target, **options)``.
@@ -281,7 +215,12 @@ class Simulation:
 
     def report(self, root_cause: str | None = None, resolution: str | None = None,
                action_items: list[dict] | None = None, lessons_learned: str | None = None) -> Report:
-        """Render and save the incident report (Markdown and JSON under the lab home's incidents/)."""
+        """Render and save the incident report (Markdown and JSON under the lab home's incidents/).
+
+        Also writes the decision file to submit for grading (under the lab home's submissions/).
+        """
+        from ..incident.communication import flag_overdue
+        from ..incident.decisions import save_decisions
         from ..incident.report import render_report, save_report
 
         self._require_incident()
@@ -291,8 +230,12 @@ class Simulation:
             if value is not None:
                 self.incident.decisions[key] = value
         self.incident.impact = self.impact()
+        with self._lock:
+            flag_overdue(self.incident)
         markdown_path, json_path = save_report(self.incident, self.store)
-        return Report(render_report(self.incident), markdown_path, json_path, self.incident.to_json())
+        decisions_path = save_decisions(self.incident, self.store)
+        return Report(render_report(self.incident), markdown_path, json_path, self.incident.to_json(),
+                      decisions_path)
 
     def close(self) -> list[str]:
         """Stop the probes and undo whatever of the fault is still in place; return what was undone."""

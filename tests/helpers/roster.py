@@ -19,6 +19,9 @@ NODE_DOWN_SEED_2 = {
         "status_updates": [
             {"status": "Investigating", "conditions": "Blocks arrive late.", "actions": "Probing every RPC.",
              "needs": "Nothing yet.", "next_update_due": "2026-12-04T21:41:00Z", "time": "2026-12-04T21:40:10Z"},
+            {"status": "Monitoring", "conditions": "virtengine-node-2 is catching up.",
+             "actions": "Watching the heights.", "needs": None, "next_update_due": "2026-12-04T21:42:00Z",
+             "time": "2026-12-04T21:40:40Z"},
         ],
         "diagnosis": {"category": "container or orchestration", "target": "virtengine-node-2",
                       "evidence": "virtengine-node-2 exited with code 137."},
