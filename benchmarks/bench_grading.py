@@ -13,6 +13,7 @@ import datetime as _dt
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
 import tempfile
@@ -40,6 +41,8 @@ def main() -> int:
     parser.add_argument("--learners", type=int, default=4, help="decision files in the roster (default 4)")
     parser.add_argument("--time-scale", type=float, default=0.2, help="time scale of every lab (default 0.2)")
     args = parser.parse_args()
+    # SIGTERM stops the benchmark like Ctrl-C, so the running notebook's lab is cleaned up.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
 
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="bench-grading-") as folder:
@@ -70,7 +73,8 @@ def write_roster(folder: Path, learners: int) -> Path:
                 "decisions": {"acknowledge": True, "triage": {"severity": severity},
                               "status": ["Investigating", "Identified", "Monitoring", "Resolved"],
                               "diagnosis": {"category": "container or orchestration", "target": target}},
-                "actions": [{"action": action, "target": name} for action, name in FIXES[(scenario, seed)]]}
+                "actions": [{"action": action, "target": name, "options": {}} for action, name in FIXES[(scenario, seed)]],
+                "timeline": []}
         (folder / f"learner-{index:03d}.json").write_text(json.dumps(data), encoding="utf-8")
     return folder
 

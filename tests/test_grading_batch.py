@@ -264,3 +264,18 @@ def test_bad_options_are_rejected(tmp_path):
         grade(tmp_path, tmp_path / "out", timeout=-1)
     with pytest.raises(ConfigError, match="time_scale=0 is out of range"):
         grade(tmp_path, tmp_path / "out", time_scale=0)
+
+
+def test_rejected_job_not_retried(tmp_path):
+    from incidentlab.grading.worker import run_job
+
+    work = tmp_path / "work"
+    work.mkdir()
+    job = {"key": "ada--node-down--seed-2", "scenario": "node-down", "seed": 2, "learner": "ada",
+           "time_scale": TIME_SCALE, "cell_timeout": 60, "answers_path": str(tmp_path / "missing.json"),
+           "home": str(work / "lab"), "output_path": str(tmp_path / "out.ipynb"), "work_dir": str(work)}
+    result = run_job(job, timeout=120)
+    assert result.status == "error"
+    assert result.attempts == 1
+    assert "AnswerFileError" in result.error
+    assert "missing.json not found" in result.error

@@ -14,6 +14,7 @@ import re
 from pathlib import Path
 
 from ..errors import AnswerFileError
+from ..incident.decisions import to_answers
 from ..incident.schemas import check
 
 __all__ = ["Submission", "load_submission", "find_submissions", "safe_name"]
@@ -93,6 +94,8 @@ def load_submission(path: str | Path, scenarios: dict) -> Submission:
                                          "again from the report cell", "(file)") from exc
     check("decisions_file", data, path.name)
     _check_scenario(path, data, scenarios)
+    # The batch notebook reads the decisions as an answers file, so that file must be valid too.
+    check("answers", to_answers(data), f"{path.name} (replayed as an answers file)")
     return Submission(path, hashlib.sha256(raw).hexdigest(), data["learner"], safe_name(data["learner"]),
                       data["scenario"], data["seed"], data)
 

@@ -139,6 +139,7 @@ def _execute(job: dict) -> tuple[str, str | None, dict | None]:
     """Run the notebook and classify how it ended: ok, error, dead-kernel or kernel-start."""
     from nbclient.exceptions import CellTimeoutError, DeadKernelError
 
+    from ..errors import IncidentLabError
     from ..runner import read_report, run_notebook
 
     parameters = {"learner": job["learner"], "seed": job["seed"], "time_scale": job["time_scale"],
@@ -151,6 +152,9 @@ def _execute(job: dict) -> tuple[str, str | None, dict | None]:
         return "dead-kernel", f"the kernel died while a cell ran: {exc}", _report_or_none(read_report, output)
     except CellTimeoutError as exc:
         return "timeout", f"a cell ran longer than {job['cell_timeout']:g} s: {exc}", None
+    except IncidentLabError as exc:
+        logger.error("job %s rejected before the notebook ran: %s", job["key"], exc)
+        return "error", f"{type(exc).__name__}: {exc}", None
     except Exception as exc:  # papermill and jupyter_client raise many types when a kernel fails to start
         if not _any_cell_ran(output):
             return "kernel-start", f"{type(exc).__name__}: {exc}", None
