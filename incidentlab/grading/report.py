@@ -23,7 +23,7 @@ logger = logging.getLogger(__name__)
 ITEMS = ("severity", "root_cause", "remediation", "timeline", "status_updates")
 COLUMNS = ("learner", "learner_file", "scenario", "seed", "variant", "status", "score", "max_score", *ITEMS,
            "time_to_detect_s", "time_to_recover_s", "attempts", "reason", "file", "notebook")
-#: First characters that make a spreadsheet read a CSV cell as a formula (OWASP "CSV injection").
+#: First characters that make a spreadsheet read a CSV cell as a formula ("CSV injection").
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 _MARKDOWN_SPECIAL = re.compile(r"([\\`*\[\]|<>~])")
 
@@ -109,7 +109,7 @@ def _feedback(rows: list[dict]) -> str:
 
 
 def _md(text) -> str:
-    """Escape ``text`` so Markdown shows it literally: no markup, no raw HTML, no table break."""
+    """Escape the characters of ``text`` that would make Markdown add a link, code, '*' emphasis, raw HTML or a table cell."""
     escaped = _MARKDOWN_SPECIAL.sub(r"\\\1", str(text))
     return escaped.replace("\r", " ").replace("\n", " ")
 
@@ -132,11 +132,14 @@ def _summary(rows: list[dict], scenarios: dict) -> str:
 
 
 def _plot_scores(by_scenario: dict[str, list[dict]], scenarios: dict) -> str:
+    from matplotlib.ticker import MaxNLocator
+
     figure, axes = _figure(len(by_scenario))
     for axis, (sid, rows) in zip(axes, by_scenario.items()):
         maximum = scenarios[sid].max_points
         axis.hist([row["score"] for row in rows], bins=10, range=(0, maximum), color="#4c72b0")
         axis.set(title=sid, xlabel=f"score (of {maximum:g})", ylabel="learners")
+        axis.yaxis.set_major_locator(MaxNLocator(integer=True))
     return _png(figure)
 
 
@@ -147,6 +150,9 @@ def _plot_times(by_scenario: dict[str, list[dict]]) -> str:
                   for name in ("time_to_detect", "time_to_recover")]
         if any(series):
             axis.boxplot([values or [float("nan")] for values in series])
+        # The box hides single values, so every learner is also drawn as a point.
+        for position, values in enumerate(series, start=1):
+            axis.plot([position] * len(values), values, "o", color="#4c72b0", alpha=0.6)
         axis.set_xticks([1, 2], ["detect", "recover"])
         axis.set(title=sid, ylabel="seconds from the fault")
     return _png(figure)
