@@ -62,3 +62,21 @@ def test_grade_command_missing_folder(tmp_path, capsys):
     code = main(["grade", str(tmp_path / "nope"), "--out", str(tmp_path / "out")])
     assert code == 2
     assert "submissions folder" in capsys.readouterr().err
+
+
+def test_out_must_differ_from_submissions(tmp_path):
+    from incidentlab.grading import grade
+
+    with pytest.raises(ConfigError, match="is the submissions folder"):
+        grade(tmp_path, tmp_path)
+
+
+def test_graded_labs_skip_classic_ports(monkeypatch, tmp_path):
+    from incidentlab.config import LabConfig
+    from incidentlab.monitoring.prometheus_server import DEFAULT_PORT, _choose_port
+
+    monkeypatch.setenv("INCIDENTLAB_CLASSIC_PORTS", "0")
+    assert LabConfig(home=tmp_path).classic_ports is False
+    assert _choose_port(None) != DEFAULT_PORT
+    monkeypatch.delenv("INCIDENTLAB_CLASSIC_PORTS")
+    assert LabConfig(home=tmp_path).classic_ports is True

@@ -66,6 +66,9 @@ def grade(submissions: str | Path, out: str | Path, *, workers: int = 1, timeout
     _check_options(workers, timeout)
     LabConfig(home=Path("/"), time_scale=time_scale)  # raises ConfigError naming a bad time_scale
     out = Path(out).expanduser().resolve()
+    if out == Path(submissions).expanduser().resolve():
+        raise ConfigError(f"--out {out} is the submissions folder; write the results to another folder, "
+                          "so that manifest.json is not read as a submission")
     out.mkdir(parents=True, exist_ok=True)
     scenarios = load_scenarios()
     manifest = Manifest(out / "manifest.json")
