@@ -158,8 +158,10 @@ def _grade_one(submission: Submission, out: Path, key, timeout: float, time_scal
            "answers_path": str(write_json_atomic(work_dir / "answers.json", to_answers(submission.data))),
            "home": str(work_dir / "lab"), "output_path": str(notebook), "work_dir": str(work_dir)}
     result = run_job(job, timeout=timeout)
-    # The lab home contains only the localnet's data now: the record and the notebook are kept elsewhere.
-    shutil.rmtree(work_dir / "lab", ignore_errors=True)
+    # A graded row keeps its record in result.json and its notebook under notebooks/, so the lab
+    # home (localnet data and logs) goes. A failed row keeps it for the instructor to read.
+    if result.status == "ok":
+        shutil.rmtree(work_dir / "lab", ignore_errors=True)
 
     variant = key.variant(submission.seed)
     row = {"key": submission.key, "learner": submission.learner, "learner_safe": submission.learner_safe,

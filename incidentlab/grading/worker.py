@@ -173,7 +173,7 @@ def cleanup_lab(home: Path) -> None:
     from ..chaos.cleanup import reconcile
     from ..config import LabConfig
 
-    # The kernel runs in its own session, so killing the worker's group does not reach it.
+    # jupyter_client 8 starts the kernel in its own session, so killing the worker's group does not reach it.
     for pid in _processes_of(home, "ipykernel"):
         _signal(pid, signal.SIGKILL)
     if (home / "localnet" / "network.json").exists():
@@ -191,7 +191,7 @@ def cleanup_lab(home: Path) -> None:
 
 
 def _processes_of(home: Path, command_part: str) -> list[int]:
-    """Return the pids of this user's processes whose INCIDENTLAB_HOME is ``home`` and whose command line has ``command_part``."""
+    """Return the pids of readable processes whose INCIDENTLAB_HOME is ``home`` and whose command line has ``command_part``."""
     marker = f"INCIDENTLAB_HOME={home}".encode()
     found = []
     for entry in Path("/proc").iterdir():
