@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from .._fileio import read_json, write_json_atomic
+from .ports import release_ports
 
 __all__ = ["JobResult", "run_job", "accept_jobs", "stop_all", "cleanup_lab", "main", "STATUSES", "KERNEL_START_ATTEMPTS"]
 
@@ -28,8 +29,6 @@ STATUSES = ("ok", "error", "timeout", "dead-kernel", "invalid")
 #: Attempts of a job whose kernel failed to start; no other failure is retried.
 KERNEL_START_ATTEMPTS = 3
 #: Environment of the child: no classic ports, so that parallel labs do not all request 26657, 1317 and 9095.
-# NOTE: two labs created within the same second could still draw the same free port, because a
-# port is chosen when the network file is written and bound only when the service starts.
 CHILD_ENVIRONMENT = {"INCIDENTLAB_CLASSIC_PORTS": "0", "PYTHONUNBUFFERED": "1"}
 
 #: Running workers by pid, with their lab homes, so that stop_all() can end them on Ctrl-C.
@@ -53,8 +52,8 @@ class JobResult:
 def run_job(job: dict, *, timeout: float) -> JobResult:
     """Run ``job`` in a child process group, retrying only kernel-start failures; return its result.
 
-    ``job`` contains scenario, seed, learner, time_scale, answers_path, home, output_path and
-    work_dir. After ``timeout`` seconds the whole group is killed and the lab home is cleaned
+    ``job`` contains scenario, seed, learner, time_scale, answers_path, home, output_path,
+    work_dir and, optionally, ports_dir (the folder of the batch's port registry). After ``timeout`` seconds the whole group is killed and the lab home is cleaned
     up; the status is then "timeout".
     """
     started = time.monotonic()
@@ -127,6 +126,8 @@ def _attempt(job: dict, timeout: float) -> tuple[str, str | None, dict | None, l
     finally:
         with _RUNNING_LOCK:
             _RUNNING.pop(process.pid, None)
+        if job.get("ports_dir"):
+            release_ports(Path(job["ports_dir"]), job["key"])
 
     result = read_json(result_path)
     if result is None:
@@ -141,11 +142,14 @@ def _execute(job: dict) -> tuple[str, str | None, dict | None]:
 
     from ..errors import IncidentLabError
     from ..runner import read_report, run_notebook
+    from .ports import create_lab_network
 
     parameters = {"learner": job["learner"], "seed": job["seed"], "time_scale": job["time_scale"],
                   "backend": "local", "mode": "batch", "answers_path": job["answers_path"]}
     output = Path(job["output_path"])
     try:
+        if job.get("ports_dir"):
+            create_lab_network(Path(job["home"]), Path(job["ports_dir"]), job["key"], time_scale=job["time_scale"])
         result = run_notebook(job["scenario"], parameters, home=job["home"], output_path=output,
                               cell_timeout=job["cell_timeout"])
     except DeadKernelError as exc:
