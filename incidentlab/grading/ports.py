@@ -25,7 +25,7 @@ MAX_DRAWS = 20
 
 
 def create_lab_network(home: Path, registry_dir: Path, key: str, *, time_scale: float) -> list[int]:
-    """Write the localnet network file of ``home`` with free ports no other job in the registry holds.
+    """Write the localnet network file of ``home`` with free ports that no other job in the registry has recorded.
 
     Returns the ports and records them under ``key``. Raises LocalnetError when MAX_DRAWS
     networks in a row all share a port with another job.

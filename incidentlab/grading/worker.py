@@ -28,6 +28,8 @@ logger = logging.getLogger(__name__)
 STATUSES = ("ok", "error", "timeout", "dead-kernel", "invalid")
 #: Attempts of a job whose kernel failed to start; no other failure is retried.
 KERNEL_START_ATTEMPTS = 3
+#: Seconds to wait before the second attempt, doubled before the third.
+KERNEL_START_BACKOFF = 1.0
 #: Environment of the child: no classic ports, so that parallel labs do not all request 26657, 1317 and 9095.
 CHILD_ENVIRONMENT = {"INCIDENTLAB_CLASSIC_PORTS": "0", "PYTHONUNBUFFERED": "1"}
 
@@ -63,6 +65,9 @@ def run_job(job: dict, *, timeout: float) -> JobResult:
             break
         logger.warning("job %s: kernel failed to start (attempt %d of %d): %s",
                        job["key"], attempt, KERNEL_START_ATTEMPTS, error)
+        # A kernel often fails to start under a load spike, so give the machine a moment.
+        if attempt < KERNEL_START_ATTEMPTS:
+            time.sleep(KERNEL_START_BACKOFF * attempt)
     if status == "kernel-start":
         status, error = "error", f"the kernel did not start in {KERNEL_START_ATTEMPTS} attempts: {error}"
     return JobResult(status, error, record, attempt, round(time.monotonic() - started, 1), ports)
@@ -100,15 +105,7 @@ def _attempt(job: dict, timeout: float) -> tuple[str, str | None, dict | None, l
     work_dir = Path(job["work_dir"])
     result_path = work_dir / "result.json"
     result_path.unlink(missing_ok=True)
-    job_path = write_json_atomic(work_dir / "job.json", job)
-
-    # Jupyter's runtime files and IPython's profile stay in the job's folder, not in the user's home.
-    env = {**os.environ, **CHILD_ENVIRONMENT, "JUPYTER_RUNTIME_DIR": str(work_dir / "jupyter-runtime"),
-           "IPYTHONDIR": str(work_dir / "ipython")}
-    with open(work_dir / "worker.err", "ab") as errors:
-        process = subprocess.Popen([sys.executable, "-m", "incidentlab.grading.worker", str(job_path)],
-                                   stdin=subprocess.DEVNULL, stdout=errors, stderr=errors, env=env,
-                                   start_new_session=True)
+    process = _start_worker(job, work_dir)
 
     with _RUNNING_LOCK:
         if _STOPPING.is_set():
@@ -134,6 +131,18 @@ def _attempt(job: dict, timeout: float) -> tuple[str, str | None, dict | None, l
         cleanup_lab(Path(job["home"]))
         return "error", f"the worker process exited with code {process.returncode} without a result", None, []
     return result["status"], result["error"], result["record"], result.get("ports", [])
+
+
+def _start_worker(job: dict, work_dir: Path) -> subprocess.Popen:
+    """Start ``python -m incidentlab.grading.worker`` on the job file, in a new process group."""
+    job_path = write_json_atomic(work_dir / "job.json", job)
+    # Jupyter's runtime files and IPython's profile stay in the job's folder, not in the user's home.
+    env = {**os.environ, **CHILD_ENVIRONMENT, "JUPYTER_RUNTIME_DIR": str(work_dir / "jupyter-runtime"),
+           "IPYTHONDIR": str(work_dir / "ipython")}
+    with open(work_dir / "worker.err", "ab") as errors:
+        return subprocess.Popen([sys.executable, "-m", "incidentlab.grading.worker", str(job_path)],
+                                stdin=subprocess.DEVNULL, stdout=errors, stderr=errors, env=env,
+                                start_new_session=True)
 
 
 def _execute(job: dict) -> tuple[str, str | None, dict | None]:
