@@ -25,6 +25,7 @@ from incidentlab.grading.manifest import Manifest
 pytestmark = [pytest.mark.integration, pytest.mark.notebook]
 
 TIME_SCALE = 0.1
+ROOT = Path(__file__).resolve().parent.parent
 CODE = "__import__('os').system('touch /tmp/incidentlab-pwned'); {{7*7}} ${HOME} $(id)"
 HTML = "<img src=x onerror=alert(1)>"
 #: Roster of submissions: file name -> (decision file, expected status, expected score or None).
@@ -271,7 +272,8 @@ def test_rejected_job_not_retried(tmp_path):
 
     work = tmp_path / "work"
     work.mkdir()
-    job = {"key": "ada--node-down--seed-2", "scenario": "node-down", "seed": 2, "learner": "ada",
+    job = {"key": "ada--node-down--seed-2", "notebook": str(ROOT / "notebooks" / "02-node-down.ipynb"), "seed": 2,
+           "learner": "ada",
            "time_scale": TIME_SCALE, "cell_timeout": 60, "answers_path": str(tmp_path / "missing.json"),
            "home": str(work / "lab"), "output_path": str(tmp_path / "out.ipynb"), "work_dir": str(work)}
     result = run_job(job, timeout=120)

@@ -16,7 +16,7 @@ from incidentlab.grading.scenarios import load_scenario_file, load_scenarios
 from incidentlab.lab import Lab
 from incidentlab.backends.local import LocalBackend
 from incidentlab.localnet.network import create_network
-from incidentlab.scenarios import SCENARIOS, create
+from incidentlab.scenarios import NOTEBOOKS, SCENARIOS, create
 
 ROOT = Path(__file__).resolve().parent.parent
 SCENARIO_DIR = ROOT / "data" / "scenarios"
@@ -34,6 +34,7 @@ def test_every_simulation_has_scenario_file():
     assert set(SCENARIOS) <= set(keys)
     for key in keys.values():
         assert (ROOT / "notebooks" / key.notebook).is_file(), key.notebook
+        assert NOTEBOOKS.get(key.id, key.notebook) == key.notebook
 
 
 def test_broken_scenario_names_field(tmp_path):

@@ -14,6 +14,7 @@ import shutil
 from pathlib import Path
 
 from .._fileio import write_json_atomic
+from .._resources import notebooks_dir
 from ..errors import AnswerFileError, ConfigError
 from .manifest import Manifest
 from .scenarios import load_scenarios
@@ -153,7 +154,7 @@ def _grade_one(submission: Submission, out: Path, key, timeout: float, time_scal
     work_dir.mkdir(parents=True)
     notebook = _inside(out, out / "notebooks" / submission.learner_safe / f"{submission.scenario}-seed-{submission.seed}.ipynb")
     notebook.parent.mkdir(parents=True, exist_ok=True)
-    job = {"key": submission.key, "scenario": submission.scenario, "seed": submission.seed,
+    job = {"key": submission.key, "notebook": str(notebooks_dir() / key.notebook), "seed": submission.seed,
            "learner": submission.learner_safe, "time_scale": time_scale, "cell_timeout": timeout,
            "answers_path": str(write_json_atomic(work_dir / "answers.json", to_answers(submission.data))),
            "home": str(work_dir / "lab"), "output_path": str(notebook), "work_dir": str(work_dir),

@@ -54,7 +54,7 @@ class JobResult:
 def run_job(job: dict, *, timeout: float) -> JobResult:
     """Run ``job`` in a child process group, retrying only kernel-start failures; return its result.
 
-    ``job`` contains scenario, seed, learner, time_scale, answers_path, home, output_path,
+    ``job`` contains key, notebook (its path), seed, learner, time_scale, answers_path, home, output_path,
     work_dir and, optionally, ports_dir (the folder of the batch's port registry). After ``timeout`` seconds the whole group is killed and the lab home is cleaned
     up; the status is then "timeout".
     """
@@ -159,7 +159,7 @@ def _execute(job: dict) -> tuple[str, str | None, dict | None]:
     try:
         if job.get("ports_dir"):
             create_lab_network(Path(job["home"]), Path(job["ports_dir"]), job["key"], time_scale=job["time_scale"])
-        result = run_notebook(job["scenario"], parameters, home=job["home"], output_path=output,
+        result = run_notebook(job["notebook"], parameters, home=job["home"], output_path=output,
                               cell_timeout=job["cell_timeout"])
     except DeadKernelError as exc:
         return "dead-kernel", f"the kernel died while a cell ran: {exc}", _report_or_none(read_report, output)
