@@ -455,3 +455,28 @@ def test_new_localnet_repicks_busy_port(tmp_path):
         network_module._pick_port = original
         backend.down()
         blocker.close()
+
+
+def test_stopped_lab_keeps_its_ports(make_localnet):
+    first = make_localnet("lab-a", classic_ports=True)
+    first.up()
+    first.down()  # nothing listens on its ports now, yet they stay this lab's
+    second = make_localnet("lab-b", classic_ports=True)
+    second.up()
+
+    assert not set(first.network().ports()) & set(second.network().ports())
+
+
+def test_port_claims_of_a_deleted_lab_lapse(tmp_path, monkeypatch):
+    from incidentlab.localnet import portclaims
+
+    monkeypatch.setenv(portclaims.CLAIMS_ENV, str(tmp_path / "claims"))
+    owner, other = tmp_path / "a" / "network.json", tmp_path / "b" / "network.json"
+    owner.parent.mkdir()
+    owner.write_text("{}")
+    assert portclaims.claim([21001, 21002], owner) == []
+    assert portclaims.claim([21002, 21003], other) == [21002]
+    assert portclaims.claimed_ports(other) == {21001, 21002}
+    owner.unlink()
+    assert portclaims.claimed_ports(other) == set()
+    assert portclaims.claim([21002], other) == []

@@ -21,6 +21,7 @@ import pandas as pd
 
 from ..config import LabConfig
 from ..errors import ConfigError, LocalnetError, TargetNotFound, TargetStateError
+from ..localnet import portclaims
 from ..localnet.network import Network, ServiceSpec, ValidatorSpec, create_network, load_network
 # The same commands, port and readiness checks as the local backend's, so both backends agree on them.
 from ..localnet.services import is_ready, kind_of, ports_column, ready_check_text, service_command, status_entry
@@ -108,6 +109,7 @@ class DockerBackend:
                 if not (fresh and attempt < FRESH_PORT_ATTEMPTS and port_conflict(exc)):
                     raise
                 logger.warning("new docker localnet hit a busy port (%s); picking new ports, attempt %d", exc, attempt + 1)
+                portclaims.release(network.ports(), self.network_path)
                 self.network_path.unlink()
                 continue
             logger.info("docker localnet up: %d validators, chain_id=%s", len(network.validators), network.chain_id)

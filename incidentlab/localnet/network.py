@@ -17,6 +17,8 @@ import random
 import socket
 from pathlib import Path
 
+from . import portclaims
+
 __all__ = [
     "Timeouts",
     "ValidatorSpec",
@@ -146,6 +148,10 @@ class Network:
         """Every process of the localnet: the validators, then the other services, in start order."""
         return tuple(self.validators) + tuple(self.services)
 
+    def ports(self) -> list[int]:
+        """Return every port number of the localnet, validators' and services' alike."""
+        return [port for spec in self.specs for port in spec.ports.values()]
+
     def validator(self, name: str) -> ValidatorSpec:
         for spec in self.validators:
             if spec.name == name:
@@ -184,14 +190,36 @@ def create_network(
     """Create the identities and ports of a new localnet and write ``network.json``.
 
     Keys derive from ``seed`` so that the same seed gives the same addresses. Ports are
-    free ports on 127.0.0.1 at the time of the call; the first validator gets the classic
+    free ports on 127.0.0.1 at the time of the call that no other lab of this user has claimed
+    (see portclaims), and they are claimed for this one; the first validator gets the classic
     CometBFT ports when ``classic_ports`` is true and they are free. With ``with_services``
     the localnet also gets the API gateway in front of the first validator (REST on the classic
     port 1317 under the same rule) and a client load seeded with ``seed``.
     """
     directory = Path(directory)
+    owner = directory / NETWORK_FILE
+    blocked = portclaims.claimed_ports(owner)
+    for _attempt in range(3):
+        network = _build_network(directory, chain_id=chain_id, validators=validators, time_scale=time_scale, seed=seed,
+                                 classic_ports=classic_ports, name_prefix=name_prefix, with_services=with_services,
+                                 taken=set(blocked))
+        lost = portclaims.claim(network.ports(), owner)
+        if not lost:
+            break
+        # Another lab claimed a port in the moment between our check and our claim: pick again.
+        portclaims.release(network.ports(), owner)
+        blocked.update(lost)
+    directory.mkdir(parents=True, exist_ok=True)
+    tmp = directory / (NETWORK_FILE + ".tmp")
+    tmp.write_text(json.dumps(network.to_json(), indent=2) + "\n", encoding="utf-8")
+    tmp.replace(owner)
+    return network
+
+
+def _build_network(directory: Path, *, chain_id: str, validators: int, time_scale: float, seed: int,
+                   classic_ports: bool, name_prefix: str, with_services: bool, taken: set[int]) -> "Network":
+    """Return a new Network whose ports avoid ``taken`` (which gains every port picked)."""
     rng = random.Random(f"{chain_id}:{seed}")
-    taken: set[int] = set()
     specs = []
     for index in range(validators):
         secret = bytes(rng.getrandbits(8) for _ in range(32))
@@ -217,7 +245,7 @@ def create_network(
         )
     services = _service_specs(directory, specs[0].name, seed, classic_ports, taken) if with_services and specs else ()
     now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
-    network = Network(
+    return Network(
         chain_id=chain_id,
         time_scale=time_scale,
         timeouts=Timeouts(),
@@ -226,11 +254,6 @@ def create_network(
         services=services,
         path=str(directory / NETWORK_FILE),
     )
-    directory.mkdir(parents=True, exist_ok=True)
-    tmp = directory / (NETWORK_FILE + ".tmp")
-    tmp.write_text(json.dumps(network.to_json(), indent=2) + "\n", encoding="utf-8")
-    tmp.replace(directory / NETWORK_FILE)
-    return network
 
 
 def load_network(path: str | Path) -> Network:

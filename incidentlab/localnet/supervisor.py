@@ -22,6 +22,7 @@ from typing import Callable
 from .._fileio import read_json, write_json_atomic
 from ..config import LabConfig
 from ..errors import LocalnetError, TargetNotFound, TargetStateError
+from . import portclaims
 from .network import Network, ServiceSpec, ValidatorSpec, create_network, load_network
 from .services import endpoint_text, is_ready, kind_of, ready_check_text, service_command, status_entry
 from .shim import ZERO_TIME, format_timestamp
@@ -123,6 +124,7 @@ class Localnet:
                     if not (fresh and attempt < FRESH_PORT_ATTEMPTS and port_conflict(exc)):
                         raise
                     logger.warning("new localnet hit a busy port (%s); picking new ports, attempt %d", exc, attempt + 1)
+                    portclaims.release(network.ports(), self.network_path)
                     self.network_path.unlink()
                     continue
                 logger.info("localnet up: %d validators, chain_id=%s", len(network.validators), network.chain_id)
