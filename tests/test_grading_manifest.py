@@ -81,27 +81,3 @@ def test_graded_labs_skip_classic_ports(monkeypatch, tmp_path):
     monkeypatch.delenv("INCIDENTLAB_CLASSIC_PORTS")
     assert LabConfig(home=tmp_path).classic_ports is True
 
-
-def test_port_registry_keeps_jobs_apart(tmp_path):
-    from incidentlab.grading.ports import create_lab_network, release_ports
-
-    first = create_lab_network(tmp_path / "a", tmp_path / "work", "a", time_scale=0.1)
-    second = create_lab_network(tmp_path / "b", tmp_path / "work", "b", time_scale=0.1)
-    assert len(first) == len(set(first))
-    assert not set(first) & set(second)
-    assert (tmp_path / "a" / "localnet" / "network.json").is_file()
-    registry = json.loads((tmp_path / "work" / "ports.json").read_text())
-    assert registry == {"a": first, "b": second}
-    release_ports(tmp_path / "work", "a")
-    assert list(json.loads((tmp_path / "work" / "ports.json").read_text())) == ["b"]
-
-
-def test_port_registry_avoids_held_ports(tmp_path):
-    from incidentlab.grading.ports import create_lab_network
-
-    held = list(range(20000, 20600))
-    (tmp_path / "work").mkdir()
-    (tmp_path / "work" / "ports.json").write_text(json.dumps({"other": held}))
-    for attempt in range(5):
-        ports = create_lab_network(tmp_path / f"lab{attempt}", tmp_path / "work", f"job{attempt}", time_scale=0.1)
-        assert not set(ports) & set(held)

@@ -157,8 +157,7 @@ def _grade_one(submission: Submission, out: Path, key, timeout: float, time_scal
     job = {"key": submission.key, "notebook": str(notebooks_dir() / key.notebook), "seed": submission.seed,
            "learner": submission.learner_safe, "time_scale": time_scale, "cell_timeout": timeout,
            "answers_path": str(write_json_atomic(work_dir / "answers.json", to_answers(submission.data))),
-           "home": str(work_dir / "lab"), "output_path": str(notebook), "work_dir": str(work_dir),
-           "ports_dir": str(out / "work")}
+           "home": str(work_dir / "lab"), "output_path": str(notebook), "work_dir": str(work_dir)}
     result = run_job(job, timeout=timeout)
     # A graded row keeps its record in result.json and its notebook under notebooks/, so the lab
     # home (localnet data and logs) goes. A failed row keeps it for the instructor to read.

@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 
 from .._fileio import read_json, write_json_atomic
-from .ports import release_ports
 
 __all__ = ["JobResult", "run_job", "accept_jobs", "stop_all", "cleanup_lab", "main", "STATUSES", "KERNEL_START_ATTEMPTS"]
 
@@ -54,8 +53,8 @@ class JobResult:
 def run_job(job: dict, *, timeout: float) -> JobResult:
     """Run ``job`` in a child process group, retrying only kernel-start failures; return its result.
 
-    ``job`` contains key, notebook (its path), seed, learner, time_scale, answers_path, home, output_path,
-    work_dir and, optionally, ports_dir (the folder of the batch's port registry). After ``timeout`` seconds the whole group is killed and the lab home is cleaned
+    ``job`` contains key, notebook (its path), seed, learner, time_scale, answers_path, home, output_path
+    and work_dir. After ``timeout`` seconds the whole group is killed and the lab home is cleaned
     up; the status is then "timeout".
     """
     started = time.monotonic()
@@ -123,8 +122,6 @@ def _attempt(job: dict, timeout: float) -> tuple[str, str | None, dict | None, l
     finally:
         with _RUNNING_LOCK:
             _RUNNING.pop(process.pid, None)
-        if job.get("ports_dir"):
-            release_ports(Path(job["ports_dir"]), job["key"])
 
     result = read_json(result_path)
     if result is None:
@@ -151,14 +148,11 @@ def _execute(job: dict) -> tuple[str, str | None, dict | None]:
 
     from ..errors import IncidentLabError
     from ..runner import read_report, run_notebook
-    from .ports import create_lab_network
 
     parameters = {"learner": job["learner"], "seed": job["seed"], "time_scale": job["time_scale"],
                   "backend": "local", "mode": "batch", "answers_path": job["answers_path"]}
     output = Path(job["output_path"])
     try:
-        if job.get("ports_dir"):
-            create_lab_network(Path(job["home"]), Path(job["ports_dir"]), job["key"], time_scale=job["time_scale"])
         result = run_notebook(job["notebook"], parameters, home=job["home"], output_path=output,
                               cell_timeout=job["cell_timeout"])
     except DeadKernelError as exc:
