@@ -16,6 +16,9 @@ BACKENDS = ("auto", "local", "docker", "kubernetes")
 HOME_ENV = "INCIDENTLAB_HOME"
 #: Environment variable that, set to 0, makes every new lab pick free ports instead of the classic ones.
 CLASSIC_PORTS_ENV = "INCIDENTLAB_CLASSIC_PORTS"
+#: Environment variables naming a real cluster's kubeconfig context and the namespaces the lab may use there.
+KUBE_CONTEXT_ENV = "INCIDENTLAB_KUBE_CONTEXT"
+KUBE_NAMESPACES_ENV = "INCIDENTLAB_KUBE_NAMESPACES"
 DEFAULT_HOME = "~/incident-lab"
 DEFAULT_VALIDATORS = 4
 DEFAULT_CHAIN_ID = "virtengine-localnet-1"
@@ -52,6 +55,9 @@ class LabConfig:
     time_scale: float = 1.0
     chain_id: str = DEFAULT_CHAIN_ID
     classic_ports: bool = dataclasses.field(default_factory=classic_ports_allowed)
+    kube_context: str | None = dataclasses.field(default_factory=lambda: os.environ.get(KUBE_CONTEXT_ENV) or None)
+    kube_namespaces: tuple[str, ...] = dataclasses.field(
+        default_factory=lambda: tuple(n.strip() for n in os.environ.get(KUBE_NAMESPACES_ENV, "").split(",") if n.strip()))
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "home", Path(self.home).expanduser().resolve())
@@ -74,6 +80,10 @@ class LabConfig:
                 f"{MIN_TIME_SCALE} to {MAX_TIME_SCALE} (1.0 is real CometBFT timing, 0.1 is ten times faster)"
             )
         object.__setattr__(self, "time_scale", scale)
+        if self.kube_context is not None and (not isinstance(self.kube_context, str) or not self.kube_context.strip()):
+            raise ConfigError(f"kube_context={self.kube_context!r} is invalid; name a context of your kubeconfig "
+                              "(`kubectl config get-contexts`) or leave it None for the embedded cluster")
+        object.__setattr__(self, "kube_namespaces", tuple(self.kube_namespaces))
         if not self.chain_id or any(c.isspace() for c in self.chain_id):
             raise ConfigError(f"chain_id={self.chain_id!r} is invalid; use a non-empty id without spaces")
 

@@ -40,6 +40,7 @@ class Lab:
         self.simulation_running: Simulation | None = None
         self._rpc: CometBFTClient | None = None
         self._monitor = None
+        self._cluster = None
 
     # -- connecting --------------------------------------------------------------------
 
@@ -148,6 +149,24 @@ class Lab:
     def query(self, expr: str) -> "pd.DataFrame":
         """Run a PromQL instant query on the lab's Prometheus, like the lab document's curl calls."""
         return self.monitor.client().query(expr)
+
+    # -- the provider's cluster --------------------------------------------------------------
+
+    @property
+    def cluster(self):
+        """The provider's Kubernetes cluster (a ProviderCluster), connected on first use.
+
+        The embedded cluster of the localnet, unless the configuration names a real cluster's
+        context (``kube_context``); see incidentlab.backends.kubernetes.
+        """
+        from .backends.kubernetes import ProviderCluster
+
+        if self._cluster is None:
+            if self.config.kube_context:
+                self._cluster = ProviderCluster.from_kubeconfig(self.config, lab=self)
+            else:
+                self._cluster = ProviderCluster.embedded_for(self)
+        return self._cluster
 
     # -- targets -----------------------------------------------------------------------
 

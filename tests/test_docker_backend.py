@@ -227,7 +227,7 @@ def test_targets_table_like_docker_ps(lab):
     assert list(table.columns) == ["NAME", "KIND", "STATUS", "PID", "PORTS"]
     assert list(table["NAME"]) == sorted(SERVICES)
     assert list(validators["NAME"]) == NODES
-    assert set(table["KIND"]) == {"validator", "gateway", "client"}
+    assert set(table["KIND"]) == {"validator", "gateway", "client", "cluster"}
     assert all(status.startswith("Up ") for status in table["STATUS"])
     assert list(table["PID"]) == [lab.inspect(name)["Pid"] for name in table["NAME"]]
     assert validators.loc[0, "PORTS"].startswith(f"127.0.0.1:{rpc_port}->rpc, ")

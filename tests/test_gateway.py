@@ -119,16 +119,18 @@ def b64_bytes(value: str) -> bytes:
 
 def test_network_file_lists_gateway_and_client(tmp_path):
     network = create_network(tmp_path, chain_id="gw-test-1", validators=2, time_scale=TIME_SCALE, classic_ports=False)
-    gateway, client = load_network(tmp_path).services
+    gateway, client, cluster = load_network(tmp_path).services
 
     assert (gateway.name, gateway.kind, client.name, client.kind) == (GATEWAY, "gateway", CLIENT, "client")
+    assert (cluster.name, cluster.kind, set(cluster.ports)) == ("virtengine-cluster", "cluster", {"api"})
     assert set(gateway.ports) == {"rest", "metrics"}
     assert client.ports == {}
     assert gateway.options["upstream"] == NODE0
     assert client.options["gateway"] == GATEWAY
     validator_ports = {port for spec in network.validators for port in spec.ports.values()}
     assert not validator_ports & set(gateway.ports.values())
-    assert [spec.name for spec in network.specs] == ["virtengine-node-0", "virtengine-node-1", GATEWAY, CLIENT]
+    assert [spec.name for spec in network.specs] == ["virtengine-node-0", "virtengine-node-1", GATEWAY, CLIENT,
+                                                    "virtengine-cluster"]
 
 
 def test_old_network_file_loads_without_services(tmp_path):

@@ -402,8 +402,8 @@ def test_real_validators_under_supervisor(tmp_path):
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     try:
         services = localnet.up()
-        assert [s["kind"] for s in services] == ["validator"] * 4 + ["gateway", "client"]
-        assert [s["status"] for s in services] == ["running"] * 6
+        assert [s["kind"] for s in services] == ["validator"] * 4 + ["gateway", "client", "cluster"]
+        assert [s["status"] for s in services] == ["running"] * 7
         for service in services[:4]:
             assert get_health(service["rpc"]) == {"jsonrpc": "2.0", "id": -1, "result": {}}
             node_info = json.loads(opener.open(f"{service['rpc']}/status", timeout=2).read())["result"]["node_info"]
@@ -416,7 +416,7 @@ def test_real_validators_under_supervisor(tmp_path):
         assert health_read_times_out(services[3]["rpc"])
 
         # down() resumes it first, so every process handles SIGTERM and exits 0.
-        assert [s["exit_code"] for s in localnet.down()] == [0] * 6
+        assert [s["exit_code"] for s in localnet.down()] == [0] * 7
     finally:
         localnet.down(timeout=0)
         kill_recorded_processes(localnet.run_dir)

@@ -362,3 +362,6 @@ def _check_seconds(name: str, value: Any, allow_zero: bool = False) -> float:
 def _iso(moment: _dt.datetime) -> str:
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
+
+# The cluster faults register themselves in FAULTS; they import this module, so they come last.
+from . import cluster_faults  # noqa: E402,F401

@@ -140,6 +140,21 @@ def _netem_delete(step: dict, backend) -> str:
     return delete_netem(backend, step["target"], step.get("dev", "eth0"))
 
 
+def _cluster(step: dict, backend) -> str:
+    """Undo a change in the provider's cluster (a quota, a batch workload, a deployment's resources)."""
+    from kubernetes.client.exceptions import ApiException
+    from kubernetes.config import ConfigException
+    from urllib3.exceptions import HTTPError
+
+    from .cluster_faults import run_cluster_undo
+
+    try:
+        return run_cluster_undo(step)
+    except (ApiException, ConfigException, HTTPError) as exc:
+        # An unreachable or refusing cluster leaves the fault open, so a later cleanup retries it.
+        return f"FAILED: {step['action']} in {step['namespace']} (context {step['context']}): {exc}"
+
+
 def _is_proxy(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as handle:
@@ -158,4 +173,5 @@ _STEPS = {
     "stop_proxy": _stop_proxy,
     "netem_delete": _netem_delete,
     "docker_kill_marked": _docker_kill_marked,
+    "cluster": _cluster,
 }

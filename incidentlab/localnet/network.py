@@ -30,6 +30,7 @@ __all__ = [
     "CLASSIC_PORTS",
     "GATEWAY_NAME",
     "CLIENT_NAME",
+    "CLUSTER_NAME",
     "DEFAULT_UPSTREAM_TIMEOUT",
     "DEFAULT_CLIENT_RATE",
     "DEFAULT_CLIENT_CONCURRENCY",
@@ -41,6 +42,8 @@ CLASSIC_PORTS = {"p2p": 26656, "rpc": 26657, "metrics": 26660}
 CLASSIC_REST_PORT = 1317
 GATEWAY_NAME = "virtengine-gateway"
 CLIENT_NAME = "virtengine-client"
+#: The provider's Kubernetes cluster, served by incidentlab.localnet.cluster.
+CLUSTER_NAME = "virtengine-cluster"
 #: Upstream timeout of the gateway in seconds, before time scaling.
 DEFAULT_UPSTREAM_TIMEOUT = 2.0
 #: Requests per second that the client sends to the gateway.
@@ -113,9 +116,9 @@ class ValidatorSpec:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class ServiceSpec:
-    """A localnet service that is not a validator: the API gateway or the client load.
+    """A localnet service that is not a validator: the API gateway, the client load or the cluster.
 
-    ``kind`` is "gateway" or "client". ``ports`` maps a port kind ("rest", "metrics") to its
+    ``kind`` is "gateway", "client" or "cluster". ``ports`` maps a port kind ("rest", "metrics") to its
     number on 127.0.0.1 and is empty for a service that listens on none. ``options`` contains the
     kind's settings, such as the gateway's upstream validator or the client's request rate.
     """
@@ -304,7 +307,14 @@ def _service_specs(directory: Path, upstream: str, seed: int, classic_ports: boo
         options={"gateway": GATEWAY_NAME, "rate": DEFAULT_CLIENT_RATE, "seed": seed,
                  "concurrency": DEFAULT_CLIENT_CONCURRENCY},
     )
-    return gateway, client
+    cluster = ServiceSpec(
+        name=CLUSTER_NAME,
+        kind="cluster",
+        ports={"api": _pick_port(None, taken)},
+        home=str(directory / CLUSTER_NAME),
+        options={"seed": seed},
+    )
+    return gateway, client, cluster
 
 
 def _pick_port(wanted: int | None, taken: set[int]) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import ssl
 import sys
 import urllib.parse
 import urllib.request
@@ -17,7 +18,7 @@ from .network import ServiceSpec, ValidatorSpec
 
 __all__ = [
     "MODULES", "kind_of", "service_command", "ready_url", "ready_check_text", "is_ready", "handles_sigterm",
-    "status_entry", "ports_column", "endpoint_text",
+    "status_entry", "ports_column", "endpoint_text", "cluster_certificate",
 ]
 
 #: The module that ``python -m`` runs for each kind of service.
@@ -25,14 +26,15 @@ MODULES = {
     "validator": "incidentlab.localnet.validator",
     "gateway": "incidentlab.localnet.gateway",
     "client": "incidentlab.localnet.client",
+    "cluster": "incidentlab.localnet.cluster",
 }
 #: Order of the port kinds in the PORTS column of targets().
-PORT_ORDER = ("rest", "rpc", "metrics", "p2p")
+PORT_ORDER = ("rest", "rpc", "api", "metrics", "p2p")
 READY_REQUEST_TIMEOUT = 0.5
 
 
 def kind_of(spec: ValidatorSpec | ServiceSpec) -> str:
-    """Return the kind of a spec: "validator", "gateway" or "client"."""
+    """Return the kind of a spec: "validator", "gateway", "client" or "cluster"."""
     return getattr(spec, "kind", "validator")
 
 
@@ -52,11 +54,15 @@ def service_command(spec: ValidatorSpec | ServiceSpec, network_path: str | os.Pa
 def ready_url(spec: ValidatorSpec | ServiceSpec) -> str | None:
     """Return the URL that responds once ``spec`` is ready, or None for a service without a port.
 
-    A validator is ready when its RPC responds to GET /health, and the gateway when its /metrics
-    responds, because it binds its REST port before its metrics port.
+    A validator is ready when its RPC responds to GET /health. The gateway is ready when its
+    /metrics responds, because it binds its REST port before its metrics port. The cluster is
+    ready when its API server responds to GET /readyz.
     """
     if kind_of(spec) == "validator":
         return f"{spec.rpc_url}/health"
+    if kind_of(spec) == "cluster":
+        scheme = "https" if cluster_certificate(spec) else "http"
+        return f"{scheme}://127.0.0.1:{spec.ports['api']}/readyz"
     if "metrics" in spec.ports:
         return f"http://127.0.0.1:{spec.ports['metrics']}/metrics"
     return None
@@ -81,7 +87,11 @@ def is_ready(spec: ValidatorSpec | ServiceSpec, pid: int = 0) -> bool:
     if url is None:
         return handles_sigterm(pid)
     # No proxy: the request must reach the service on loopback, even when http_proxy is set.
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    handlers = [urllib.request.ProxyHandler({})]
+    if url.startswith("https:"):
+        # The cluster's self-signed certificate is the only trusted one for its API server.
+        handlers.append(urllib.request.HTTPSHandler(context=ssl.create_default_context(cafile=cluster_certificate(spec))))
+    opener = urllib.request.build_opener(*handlers)
     try:
         with opener.open(url, timeout=READY_REQUEST_TIMEOUT) as response:
             body = response.read()
@@ -90,6 +100,12 @@ def is_ready(spec: ValidatorSpec | ServiceSpec, pid: int = 0) -> bool:
             return response.status == 200
     except (OSError, ValueError, TypeError):
         return False
+
+
+def cluster_certificate(spec: ValidatorSpec | ServiceSpec) -> str | None:
+    """Return the path of the cluster's serving certificate once its API server has created one, else None."""
+    path = os.path.join(getattr(spec, "home", ""), "tls.crt")
+    return path if kind_of(spec) == "cluster" and os.path.exists(path) else None
 
 
 def handles_sigterm(pid: int) -> bool:
@@ -111,7 +127,7 @@ def status_entry(spec: ValidatorSpec | ServiceSpec, *, status: str, pid: int, st
     """Return the entry of ``spec`` in services(), shaped for `incidentlab lab status --json`.
 
     A validator has ``rpc``, ``metrics`` and ``p2p`` URLs, the gateway ``rest`` and ``metrics``,
-    and the client no URL. Every entry has name, kind, status, pid, started_at, finished_at and
+    the cluster ``api`` and the client no URL. Every entry has name, kind, status, pid, started_at, finished_at and
     exit_code.
     """
     kind = kind_of(spec)
@@ -121,6 +137,9 @@ def status_entry(spec: ValidatorSpec | ServiceSpec, *, status: str, pid: int, st
     elif kind == "gateway":
         entry.update(rest=f"http://127.0.0.1:{spec.ports['rest']}",
                      metrics=f"http://127.0.0.1:{spec.ports['metrics']}/metrics")
+    elif kind == "cluster":
+        scheme = "https" if cluster_certificate(spec) else "http"
+        entry.update(api=f"{scheme}://127.0.0.1:{spec.ports['api']}")
     entry.update(started_at=started_at, finished_at=finished_at, exit_code=exit_code)
     return entry
 
@@ -132,8 +151,8 @@ def ports_column(spec: ValidatorSpec | ServiceSpec) -> str:
 
 
 def endpoint_text(spec: ValidatorSpec | ServiceSpec) -> str:
-    """Return the main endpoint of ``spec`` for log lines: "rpc=URL", "rest=URL" or "no ports"."""
-    for kind in ("rpc", "rest"):
+    """Return the main endpoint of ``spec`` for log lines: "rpc=URL", "rest=URL", "api=URL" or "no ports"."""
+    for kind in ("rpc", "rest", "api"):
         if kind in spec.ports:
             return f"{kind}=http://127.0.0.1:{spec.ports[kind]}"
     return "no ports"

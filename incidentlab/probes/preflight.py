@@ -87,9 +87,26 @@ def _tool_rows(lab: "Lab") -> list[dict]:
                          "start it with lab.monitor.start_prometheus()" if installed
                          else "optional: lab.alerts() evaluates the same rules on the embedded scraper"))
     rows.append(_row("Docker engine", *_docker()))
-    rows.append(_row("Kubernetes cluster", False, "not used by this version",
-                     "the provider exercise will use an embedded cluster or a named kind context"))
+    rows.append(_row("Kubernetes cluster", *_cluster(lab)))
     return rows
+
+
+def _cluster(lab: "Lab") -> tuple[bool, str, str]:
+    """Return (ok, observed, meaning) for the provider's cluster: a named real context, or the embedded one."""
+    from ..localnet.services import is_ready
+
+    if lab.config.kube_context:
+        # A real cluster is not contacted here; lab.cluster connects on first use.
+        return (True, f"context {lab.config.kube_context}",
+                "lab.cluster uses this real cluster, only in the lab's namespaces")
+    service = next((s for s in lab.status()["services"] if s.get("kind") == "cluster"), None)
+    if service is None:
+        return (False, "not part of this localnet",
+                "the provider exercise needs it: recreate the lab with a current incidentlab")
+    ready = is_ready(lab.backend.network().service(service["name"]), service.get("pid", 0))
+    if not ready:
+        return False, service["api"], f"the embedded cluster is {service['status']}: start it with lab.start()"
+    return True, service["api"], "lab.cluster and kubectl --kubeconfig HOME/kubeconfig reach the embedded cluster"
 
 
 def _docker() -> tuple[bool, str, str]:

@@ -16,12 +16,14 @@ __all__ = ["create", "SCENARIOS", "NOTEBOOKS"]
 SCENARIOS = {
     "high-error-rate": ("high_error_rate", "HighErrorRate"),
     "node-down": ("node_down", "NodeDown"),
+    "provider-deployment-failure": ("provider_deployment_failure", "ProviderDeploymentFailure"),
 }
 #: Scenario id -> notebook file under notebooks/.
 NOTEBOOKS = {
     "lab-setup": "00-lab-setup.ipynb",
     "high-error-rate": "01-high-error-rate.ipynb",
     "node-down": "02-node-down.ipynb",
+    "provider-deployment-failure": "04-provider-deployment-failure.ipynb",
     "debrief": "05-debrief-postmortem.ipynb",
 }
 

@@ -1,0 +1,7 @@
+"""Entry point of ``python -m incidentlab.localnet.cluster``."""
+
+import sys
+
+from .server import main
+
+sys.exit(main())
