@@ -38,7 +38,7 @@ def test_valid_submission_loads(tmp_path, scenarios):
     ({"actions": [{"action": "start", "target": "virtengine-node-2", "options": {"cmd": "id"}}]},
      "actions[0].options.cmd", "'start' takes no options"),
     ({"actions": [{"action": "kill", "target": "virtengine-node-2", "options": {"signal": ["SIGKILL"]}}]},
-     "actions[0].options.signal", "use a string or a number"),
+     "actions[0].options.signal", "use a string, a number, or a mapping"),
     ({"decisions_triage": {"severity": "SEV-3", "affected_services": ["mainframe"]}},
      "decisions.triage.affected_services", "'mainframe'"),
     ({"grade": 100}, "grade", "unknown field"),

@@ -47,14 +47,16 @@ class ScenarioKey:
         """Return the variant that ``seed`` draws: name, targets, cause, strength, expected severity and category.
 
         The draws follow the simulation classes: random.Random("<id>:<seed>") chooses the
-        variant among the sorted names, then samples the targets, then chooses the cause.
+        variant among the sorted names, then draws the targets, then chooses the cause.
         """
         rng = random.Random(f"{self.id}:{seed}")
         name = rng.choice(sorted(self.data["variants"]))
         spec = self.data["variants"][name]
         targets = spec["targets"]
-        if isinstance(targets, dict):
+        if isinstance(targets, dict) and "sample" in targets:
             targets = sorted(rng.sample(list(self.data["validators"]), targets["count"]))
+        elif isinstance(targets, dict):
+            targets = [rng.choice(list(targets["choice"]))]
         cause = spec["cause"]
         if isinstance(cause, dict):
             cause = rng.choice(list(cause["choice"]))
@@ -105,9 +107,12 @@ def load_scenario_file(path: str | Path) -> ScenarioKey:
         raise ConfigError(f"scenario file {path} declares id {data['id']!r}; name the file {data['id']}.yaml")
     for name, variant in data["variants"].items():
         targets = variant["targets"]
-        if isinstance(targets, dict) and targets["count"] > len(data["validators"]):
+        if not isinstance(targets, dict) or "sample" not in targets:
+            continue
+        listed = len(data.get("validators", []))
+        if targets["count"] > listed:
             raise ConfigError(f"scenario file {path}: field 'variants.{name}.targets.count' is {targets['count']}, "
-                              f"more than the {len(data['validators'])} validators listed")
+                              f"more than the {listed} validators listed")
     items = [item["item"] for item in data["rubric"]]
     if len(set(items)) != len(items):
         raise ConfigError(f"scenario file {path}: field 'rubric' lists an item twice ({items}); list each once")

@@ -23,10 +23,9 @@ logger = logging.getLogger(__name__)
 
 #: Largest decision file read, in bytes: far above what a report cell exports, so only a bogus file hits it.
 MAX_FILE_BYTES = 2_000_000
-#: Keyword options that a replayed action may carry, by action (the Lab method's parameters).
-ACTION_OPTIONS = {"stop": {"timeout"}, "kill": {"signal"}}
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
-_TARGET = re.compile(r"^virtengine-[a-z0-9-]+$")
+#: A target is a container, Deployment or ResourceQuota name: a DNS-1123 label, as Kubernetes requires.
+_TARGET = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,17 +114,26 @@ def _check_scenario(path: Path, data: dict, scenarios: dict) -> None:
 
 def _check_action(path: Path, field: str, action: dict, key) -> None:
     name, target, options = action["action"], action["target"], action["options"]
-    if name not in key.data["actions"]:
-        _fail(path, f"{field}.action", name, f"scenario {key.id!r} can replay {', '.join(key.data['actions'])}")
+    allowed_actions = key.data["actions"]
+    if name not in allowed_actions:
+        _fail(path, f"{field}.action", name, f"scenario {key.id!r} can replay {', '.join(allowed_actions)}")
     if name != "halt" and (not isinstance(target, str) or not _TARGET.match(target)):
-        _fail(path, f"{field}.target", target, "name a lab target, like virtengine-node-1")
-    allowed = ACTION_OPTIONS.get(name, set())
+        _fail(path, f"{field}.target", target, "name a lab target, like virtengine-node-1 or tenant-quota")
+    allowed = allowed_actions[name]
     for option, value in options.items():
         if option not in allowed:
+            _fail(path, f"{field}.options.{option}", value, f"{name!r} takes {', '.join(allowed) or 'no options'}")
+        if not _plain(value):
             _fail(path, f"{field}.options.{option}", value,
-                  f"{name!r} takes {', '.join(sorted(allowed)) or 'no options'}")
-        if not isinstance(value, (str, int, float, bool)):
-            _fail(path, f"{field}.options.{option}", value, "use a string or a number")
+                  "use a string, a number, or a mapping of names to strings and numbers")
+
+
+def _plain(value) -> bool:
+    """Return True for a scalar or a flat mapping of scalars, the shapes an action's options take."""
+    scalars = (str, int, float, bool)
+    if isinstance(value, dict):
+        return all(isinstance(name, str) and isinstance(item, scalars) for name, item in value.items())
+    return isinstance(value, scalars)
 
 
 def _fail(path: Path, field: str, value, rule: str) -> None:
