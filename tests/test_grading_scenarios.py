@@ -79,3 +79,16 @@ def test_variants_agree_with_simulations(scenario, unstarted_lab):
             assert expected["cause"] == drawn["how"], seed
         seen.add(expected["name"])
     assert seen == set(key.data["variants"]), "40 seeds should draw every variant"
+
+
+def test_recorded_options_stay_json(unstarted_lab):
+    from incidentlab.incident.record import Incident
+
+    simulation = create("node-down", unstarted_lab, seed=2)
+    simulation.incident = Incident(id="INC-20261204-001", scenario="node-down", title="t")
+    simulation.record_action("set_resources", "lease-postgres", {"Status": "ok"},
+                             requests={"cpu": "250m"}, timeout=10, clock=object())
+    options = simulation.incident.timeline[-1].data["options"]
+    assert options["requests"] == {"cpu": "250m"}
+    assert options["timeout"] == 10
+    assert options["clock"].startswith("<object object")
