@@ -308,7 +308,7 @@ class Simulation(LearnerDecisions):
 
 
 def _json_ready(value: Any) -> bool:
-    """Return True when JSON holds ``value`` as it is, so a replayed call gets a mapping back, not its text."""
+    """Return True when json.dumps accepts ``value``, so that a replayed call gets a mapping back rather than its text."""
     try:
         json.dumps(value)
     except (TypeError, ValueError):
