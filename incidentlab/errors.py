@@ -22,6 +22,8 @@ __all__ = [
     "ScenarioError",
     "AnswerFileError",
     "RecordError",
+    "VeidError",
+    "ModelIntegrityError",
 ]
 
 
@@ -119,3 +121,20 @@ class AnswerFileError(IncidentLabError, ValueError):
 
 class RecordError(IncidentLabError):
     """An incident record on disk could not be read or written."""
+
+
+class VeidError(IncidentLabError):
+    """The VEID scoring service or its model could not score a capture, or was used wrongly."""
+
+
+class ModelIntegrityError(VeidError):
+    """A VEID model file's SHA-256 differs from the one its manifest records."""
+
+    def __init__(self, path: str, expected: str, actual: str):
+        self.path = path
+        self.expected = expected
+        self.actual = actual
+        super().__init__(
+            f"model file {path} has sha256 {actual}, but the manifest expects {expected}; the file was changed "
+            "or belongs to another version: restore it, or retrain with `python -m incidentlab.veid.train`"
+        )

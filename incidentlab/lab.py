@@ -41,6 +41,7 @@ class Lab:
         self._rpc: CometBFTClient | None = None
         self._monitor = None
         self._cluster = None
+        self._veid = None
 
     # -- connecting --------------------------------------------------------------------
 
@@ -167,6 +168,19 @@ class Lab:
             else:
                 self._cluster = ProviderCluster.embedded_for(self)
         return self._cluster
+    # -- VEID --------------------------------------------------------------------------
+
+    @property
+    def veid(self):
+        """Client of the VEID scoring service: score, revisions, diff, deploy, rollback and the investigation tools.
+
+        The service runs on the local backend only; on another backend the first call raises ScenarioError.
+        """
+        from .veid.client import VeidClient
+
+        if self._veid is None:
+            self._veid = VeidClient(self)
+        return self._veid
 
     # -- targets -----------------------------------------------------------------------
 
@@ -276,7 +290,7 @@ class Lab:
     # -- faults --------------------------------------------------------------------------
 
     def fault(self, kind: str, target: str, **params) -> "Fault":
-        """Create a fault of ``kind`` (pause, pause-cycle, stop, kill, restart, cpu-stress) on ``target``.
+        """Create a fault of ``kind`` (pause, pause-cycle, stop, kill, restart, cpu-stress, veid-bad-revision) on ``target``.
 
         Use it as a context manager, or call ``inject()`` and ``revert()``. Pass ``dry_run=True``
         to see the plan only. Raises ConfigError for an unknown kind.

@@ -119,7 +119,7 @@ def b64_bytes(value: str) -> bytes:
 
 def test_network_file_lists_gateway_and_client(tmp_path):
     network = create_network(tmp_path, chain_id="gw-test-1", validators=2, time_scale=TIME_SCALE, classic_ports=False)
-    gateway, client, cluster = load_network(tmp_path).services
+    gateway, client, veid, cluster = load_network(tmp_path).services
 
     assert (gateway.name, gateway.kind, client.name, client.kind) == (GATEWAY, "gateway", CLIENT, "client")
     assert (cluster.name, cluster.kind, set(cluster.ports)) == ("virtengine-cluster", "cluster", {"api"})
@@ -129,8 +129,10 @@ def test_network_file_lists_gateway_and_client(tmp_path):
     assert client.options["gateway"] == GATEWAY
     validator_ports = {port for spec in network.validators for port in spec.ports.values()}
     assert not validator_ports & set(gateway.ports.values())
+    assert (veid.name, veid.kind) == ("virtengine-veid", "veid")
+    assert not set(veid.ports.values()) & (validator_ports | set(gateway.ports.values()))
     assert [spec.name for spec in network.specs] == ["virtengine-node-0", "virtengine-node-1", GATEWAY, CLIENT,
-                                                    "virtengine-cluster"]
+                                                     "virtengine-veid", "virtengine-cluster"]
 
 
 def test_old_network_file_loads_without_services(tmp_path):

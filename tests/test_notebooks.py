@@ -17,16 +17,18 @@ CASES = {
     "00-lab-setup.ipynb": {},
     "01-high-error-rate.ipynb": {"seed": 7, "answers_path": str(ANSWERS / "high-error-rate-seed-7.yaml")},
     "02-node-down.ipynb": {"seed": 2, "answers_path": str(ANSWERS / "node-down-seed-2.yaml")},
+    "03-veid-scoring-anomaly.ipynb": {"seed": 2, "answers_path": str(ANSWERS / "veid-scoring-anomaly-seed-2.yaml")},
     "04-provider-deployment-failure.ipynb": {"seed": 7, "answers_path": str(ANSWERS / "provider-deployment-failure-seed-7.yaml")},
     "05-debrief-postmortem.ipynb": {},
 }
 #: Notebooks that run a simulation and so must save an incident record.
-SIMULATIONS = {"01-high-error-rate.ipynb", "02-node-down.ipynb", "04-provider-deployment-failure.ipynb"}
+SIMULATIONS = {"01-high-error-rate.ipynb", "02-node-down.ipynb", "03-veid-scoring-anomaly.ipynb",
+               "04-provider-deployment-failure.ipynb"}
 
 
 @pytest.fixture(scope="module")
 def curriculum_home(tmp_path_factory):
-    """One lab home for the whole curriculum, so that the debrief reads the records of 01 and 02."""
+    """One lab home for the whole curriculum, so that the debrief reads the records of 01 to 04."""
     return tmp_path_factory.mktemp("curriculum") / "lab"
 
 

@@ -402,8 +402,8 @@ def test_real_validators_under_supervisor(tmp_path):
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     try:
         services = localnet.up()
-        assert [s["kind"] for s in services] == ["validator"] * 4 + ["gateway", "client", "cluster"]
-        assert [s["status"] for s in services] == ["running"] * 7
+        assert [s["kind"] for s in services] == ["validator"] * 4 + ["gateway", "client", "veid", "cluster"]
+        assert [s["status"] for s in services] == ["running"] * 8
         for service in services[:4]:
             assert get_health(service["rpc"]) == {"jsonrpc": "2.0", "id": -1, "result": {}}
             node_info = json.loads(opener.open(f"{service['rpc']}/status", timeout=2).read())["result"]["node_info"]

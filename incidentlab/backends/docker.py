@@ -24,7 +24,7 @@ from ..errors import ConfigError, LocalnetError, TargetNotFound, TargetStateErro
 from ..localnet import portclaims
 from ..localnet.network import Network, ServiceSpec, ValidatorSpec, create_network, load_network
 # The same commands, port and readiness checks as the local backend's, so both backends agree on them.
-from ..localnet.services import is_ready, kind_of, ports_column, ready_check_text, service_command, status_entry
+from ..localnet.services import LOCAL_ONLY_KINDS, is_ready, kind_of, ports_column, ready_check_text, service_command, status_entry
 from ..localnet.supervisor import FRESH_PORT_ATTEMPTS, ACTIVE_STATUSES, _busy_port, port_conflict, wait_until
 from .docker_image import IMAGE, engine_client, image_exists
 from .local import TARGET_COLUMNS, TARGET_PREFIX, _parse_signal, _tail_count
@@ -120,7 +120,9 @@ class DockerBackend:
         created = []
         try:
             # The gateway and the client start once the validators respond, as on the local backend.
-            for group in (network.validators, network.services):
+            # The VEID service needs numpy and Pillow, which the image lacks, so it gets no container.
+            services = [spec for spec in network.services if kind_of(spec) not in LOCAL_ONLY_KINDS]
+            for group in (network.validators, services):
                 for spec in group:
                     created.append(self._run_container(spec))
                 self._wait_healthy(group)

@@ -365,3 +365,6 @@ def _iso(moment: _dt.datetime) -> str:
 
 # The cluster faults register themselves in FAULTS; they import this module, so they come last.
 from . import cluster_faults  # noqa: E402,F401
+
+# Registers "veid-bad-revision"; imported last because it subclasses Fault.
+from . import veid_fault  # noqa: E402,F401

@@ -134,6 +134,13 @@ def _docker_kill_marked(step: dict, backend) -> str:
     return f"killed {result.output.decode().strip()} process(es) in {step['target']}"
 
 
+def _veid_rollback(step: dict, backend) -> str:
+    """Roll the VEID service back to the good revision recorded before the fault, then verify it."""
+    from ..veid.client import restore_revision
+
+    return restore_revision(step["url"], step["to"], step["config"])
+
+
 def _netem_delete(step: dict, backend) -> str:
     from .netem import delete_netem
 
@@ -174,4 +181,5 @@ _STEPS = {
     "netem_delete": _netem_delete,
     "docker_kill_marked": _docker_kill_marked,
     "cluster": _cluster,
+    "veid_rollback": _veid_rollback,
 }

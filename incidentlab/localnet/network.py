@@ -31,6 +31,7 @@ __all__ = [
     "GATEWAY_NAME",
     "CLIENT_NAME",
     "CLUSTER_NAME",
+    "VEID_NAME",
     "DEFAULT_UPSTREAM_TIMEOUT",
     "DEFAULT_CLIENT_RATE",
     "DEFAULT_CLIENT_CONCURRENCY",
@@ -44,6 +45,9 @@ GATEWAY_NAME = "virtengine-gateway"
 CLIENT_NAME = "virtengine-client"
 #: The provider's Kubernetes cluster, served by incidentlab.localnet.cluster.
 CLUSTER_NAME = "virtengine-cluster"
+VEID_NAME = "virtengine-veid"
+#: Verification requests per second of the VEID service's background stream, before time scaling.
+DEFAULT_VEID_RATE = 1.0
 #: Upstream timeout of the gateway in seconds, before time scaling.
 DEFAULT_UPSTREAM_TIMEOUT = 2.0
 #: Requests per second that the client sends to the gateway.
@@ -116,9 +120,9 @@ class ValidatorSpec:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class ServiceSpec:
-    """A localnet service that is not a validator: the API gateway, the client load or the cluster.
+    """A localnet service that is not a validator: the API gateway, the client load, the VEID service or the cluster.
 
-    ``kind`` is "gateway", "client" or "cluster". ``ports`` maps a port kind ("rest", "metrics") to its
+    ``kind`` is "gateway", "client", "veid" or "cluster". ``ports`` maps a port kind ("rest", "metrics") to its
     number on 127.0.0.1 and is empty for a service that listens on none. ``options`` contains the
     kind's settings, such as the gateway's upstream validator or the client's request rate.
     """
@@ -197,7 +201,7 @@ def create_network(
     (see portclaims), and they are claimed for this one; the first validator gets the classic
     CometBFT ports when ``classic_ports`` is true and they are free. With ``with_services``
     the localnet also gets the API gateway in front of the first validator (REST on the classic
-    port 1317 under the same rule) and a client load seeded with ``seed``.
+    port 1317 under the same rule), a client load seeded with ``seed`` and the VEID scoring service.
     """
     directory = Path(directory)
     owner = directory / NETWORK_FILE
@@ -307,6 +311,14 @@ def _service_specs(directory: Path, upstream: str, seed: int, classic_ports: boo
         options={"gateway": GATEWAY_NAME, "rate": DEFAULT_CLIENT_RATE, "seed": seed,
                  "concurrency": DEFAULT_CLIENT_CONCURRENCY},
     )
+    # The VEID scoring service runs on the local backend only, because it needs numpy and Pillow.
+    veid = ServiceSpec(
+        name=VEID_NAME,
+        kind="veid",
+        ports={"rest": _pick_port(None, taken), "metrics": _pick_port(None, taken)},
+        home=str(directory / VEID_NAME),
+        options={"rate": DEFAULT_VEID_RATE, "seed": seed},
+    )
     cluster = ServiceSpec(
         name=CLUSTER_NAME,
         kind="cluster",
@@ -314,7 +326,7 @@ def _service_specs(directory: Path, upstream: str, seed: int, classic_ports: boo
         home=str(directory / CLUSTER_NAME),
         options={"seed": seed},
     )
-    return gateway, client, cluster
+    return gateway, client, veid, cluster
 
 
 def _pick_port(wanted: int | None, taken: set[int]) -> int:

@@ -17,8 +17,8 @@ import urllib.request
 from .network import ServiceSpec, ValidatorSpec
 
 __all__ = [
-    "MODULES", "kind_of", "service_command", "ready_url", "ready_check_text", "is_ready", "handles_sigterm",
-    "status_entry", "ports_column", "endpoint_text", "cluster_certificate",
+    "MODULES", "LOCAL_ONLY_KINDS", "kind_of", "service_command", "ready_url", "ready_check_text", "is_ready",
+    "handles_sigterm", "status_entry", "ports_column", "endpoint_text", "cluster_certificate",
 ]
 
 #: The module that ``python -m`` runs for each kind of service.
@@ -26,15 +26,18 @@ MODULES = {
     "validator": "incidentlab.localnet.validator",
     "gateway": "incidentlab.localnet.gateway",
     "client": "incidentlab.localnet.client",
+    "veid": "incidentlab.localnet.veid_service",
     "cluster": "incidentlab.localnet.cluster",
 }
+#: Kinds that need the package's dependencies (numpy, Pillow), so they run on the local backend only.
+LOCAL_ONLY_KINDS = ("veid",)
 #: Order of the port kinds in the PORTS column of targets().
 PORT_ORDER = ("rest", "rpc", "api", "metrics", "p2p")
 READY_REQUEST_TIMEOUT = 0.5
 
 
 def kind_of(spec: ValidatorSpec | ServiceSpec) -> str:
-    """Return the kind of a spec: "validator", "gateway", "client" or "cluster"."""
+    """Return the kind of a spec: "validator", "gateway", "client", "veid" or "cluster"."""
     return getattr(spec, "kind", "validator")
 
 
@@ -126,15 +129,16 @@ def status_entry(spec: ValidatorSpec | ServiceSpec, *, status: str, pid: int, st
                  finished_at: str, exit_code: int) -> dict:
     """Return the entry of ``spec`` in services(), shaped for `incidentlab lab status --json`.
 
-    A validator has ``rpc``, ``metrics`` and ``p2p`` URLs, the gateway ``rest`` and ``metrics``,
-    the cluster ``api`` and the client no URL. Every entry has name, kind, status, pid, started_at, finished_at and
+    A validator has ``rpc``, ``metrics`` and ``p2p`` URLs, the gateway and the VEID service ``rest``
+    and ``metrics``, the cluster ``api`` and the client no URL. Every entry has name, kind, status,
+    pid, started_at, finished_at and
     exit_code.
     """
     kind = kind_of(spec)
     entry = {"name": spec.name, "kind": kind, "status": status, "pid": pid}
     if kind == "validator":
         entry.update(rpc=spec.rpc_url, metrics=spec.metrics_url, p2p=spec.p2p_url)
-    elif kind == "gateway":
+    elif kind in ("gateway", "veid"):
         entry.update(rest=f"http://127.0.0.1:{spec.ports['rest']}",
                      metrics=f"http://127.0.0.1:{spec.ports['metrics']}/metrics")
     elif kind == "cluster":

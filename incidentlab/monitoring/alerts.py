@@ -217,6 +217,11 @@ def _veid_score_drop(evaluator: AlertEvaluator, rule: Rule) -> dict[str, float]:
     return {row.target: float(row.value) for row in latest.itertuples() if row.value < 0.6}
 
 
+def _veid_scoring_errors(evaluator: AlertEvaluator, rule: Rule) -> dict[str, float]:
+    grown = evaluator.scraper.increase("virtengine_veid_scoring_errors_total", evaluator.window(rule), by="target")
+    return {row.target: float(row.value) for row in grown.itertuples() if row.value > 0}
+
+
 _CONDITIONS: dict[str, Callable[[AlertEvaluator, Rule], dict[str, float]]] = {
     "TargetDown": _target_down,
     "ChainHalted": _chain_halted,
@@ -224,6 +229,7 @@ _CONDITIONS: dict[str, Callable[[AlertEvaluator, Rule], dict[str, float]]] = {
     "ValidatorMissing": _validator_missing,
     "HighErrorRatio": _high_error_ratio,
     "VeidScoreDrop": _veid_score_drop,
+    "VeidScoringErrors": _veid_scoring_errors,
 }
 
 

@@ -16,6 +16,7 @@ __all__ = ["create", "SCENARIOS", "NOTEBOOKS"]
 SCENARIOS = {
     "high-error-rate": ("high_error_rate", "HighErrorRate"),
     "node-down": ("node_down", "NodeDown"),
+    "veid-scoring-anomaly": ("veid_scoring_anomaly", "VeidScoringAnomaly"),
     "provider-deployment-failure": ("provider_deployment_failure", "ProviderDeploymentFailure"),
 }
 #: Scenario id -> notebook file under notebooks/.
@@ -23,6 +24,7 @@ NOTEBOOKS = {
     "lab-setup": "00-lab-setup.ipynb",
     "high-error-rate": "01-high-error-rate.ipynb",
     "node-down": "02-node-down.ipynb",
+    "veid-scoring-anomaly": "03-veid-scoring-anomaly.ipynb",
     "provider-deployment-failure": "04-provider-deployment-failure.ipynb",
     "debrief": "05-debrief-postmortem.ipynb",
 }
