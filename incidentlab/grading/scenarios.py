@@ -47,10 +47,13 @@ class ScenarioKey:
         """Return the variant that ``seed`` draws: name, targets, cause, strength, expected severity and category.
 
         The draws follow the simulation classes: random.Random("<id>:<seed>") chooses the
-        variant among the sorted names, then draws the targets, then chooses the cause.
+        variant as the file's variant_draw says, then draws the targets, then chooses the cause.
         """
         rng = random.Random(f"{self.id}:{seed}")
-        name = rng.choice(sorted(self.data["variants"]))
+        if self.data.get("variant_draw", "sorted-choice") == "listed-choices":
+            name = rng.choices(list(self.data["variants"]))[0]
+        else:
+            name = rng.choice(sorted(self.data["variants"]))
         spec = self.data["variants"][name]
         targets = spec["targets"]
         if isinstance(targets, dict) and "sample" in targets:
