@@ -38,7 +38,7 @@ def test_valid_submission_loads(tmp_path, scenarios):
     ({"actions": [{"action": "start", "target": "virtengine-node-2", "options": {"cmd": "id"}}]},
      "actions[0].options.cmd", "'start' takes no options"),
     ({"actions": [{"action": "kill", "target": "virtengine-node-2", "options": {"signal": ["SIGKILL"]}}]},
-     "actions[0].options.signal", "use a string, a number, or a mapping"),
+     "actions[0].options.signal", "use a string, a number, null, or a mapping"),
     ({"decisions_triage": {"severity": "SEV-3", "affected_services": ["mainframe"]}},
      "decisions.triage.affected_services", "'mainframe'"),
     ({"grade": 100}, "grade", "unknown field"),
@@ -116,3 +116,11 @@ def test_find_submissions_skips_symlinks(tmp_path):
 def test_missing_folder_is_clear_error(tmp_path):
     with pytest.raises(AnswerFileError, match="submissions folder .*not found"):
         find_submissions(tmp_path / "nope")
+
+
+def test_null_and_mapping_options_valid(tmp_path, scenarios):
+    data = decision_file(scenario="provider-deployment-failure", seed=2, decisions_triage=None,
+                         actions=[{"action": "set_resources", "target": "lease-postgres",
+                                   "options": {"requests": {"cpu": "250m"}, "namespace": None}}])
+    submission = load_submission(write(tmp_path, "pat.json", data), scenarios)
+    assert to_answers(submission.data)["actions"][0]["requests"] == {"cpu": "250m"}

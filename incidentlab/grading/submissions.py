@@ -125,12 +125,12 @@ def _check_action(path: Path, field: str, action: dict, key) -> None:
             _fail(path, f"{field}.options.{option}", value, f"{name!r} takes {', '.join(allowed) or 'no options'}")
         if not _plain(value):
             _fail(path, f"{field}.options.{option}", value,
-                  "use a string, a number, or a mapping of names to strings and numbers")
+                  "use a string, a number, null, or a mapping of names to strings and numbers")
 
 
 def _plain(value) -> bool:
-    """Return True for a scalar or a flat mapping of scalars, the shapes an action's options take."""
-    scalars = (str, int, float, bool)
+    """Return True for a scalar, null or a flat mapping of scalars, the shapes an action's options take."""
+    scalars = (str, int, float, bool, type(None))
     if isinstance(value, dict):
         return all(isinstance(name, str) and isinstance(item, scalars) for name, item in value.items())
     return isinstance(value, scalars)
