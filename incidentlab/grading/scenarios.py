@@ -47,7 +47,7 @@ class ScenarioKey:
         """Return the variant that ``seed`` draws: name, targets, cause, strength, expected severity and category.
 
         The draws follow the simulation classes: random.Random("<id>:<seed>") chooses the
-        variant as the file's variant_draw says, then draws the targets, then chooses the cause.
+        variant by the rule in the file's variant_draw, then draws the targets, then chooses the cause.
         """
         rng = random.Random(f"{self.id}:{seed}")
         if self.data.get("variant_draw", "sorted-choice") == "listed-choices":
