@@ -1,4 +1,4 @@
-"""The ``incidentlab`` command: lab up/down/status, chaos, cleanup and run.
+"""The ``incidentlab`` command: lab up/down/status, chaos, cleanup, run and grade.
 
 Imports stay inside the command functions so that ``incidentlab --help`` starts fast.
 """
@@ -52,7 +52,22 @@ def build_parser() -> argparse.ArgumentParser:
                      help="notebook parameter, like -p seed 3 (repeatable)")
     run.add_argument("--keep-up", action="store_true", help="leave the localnet running after the run")
     run.add_argument("--timeout", type=float, default=900.0, help="seconds one cell may run (default 900)")
+    _add_grade_parser(commands)
     return parser
+
+
+def _add_grade_parser(commands) -> None:
+    from .grading.batch import DEFAULT_TIME_SCALE, DEFAULT_TIMEOUT
+
+    grade = commands.add_parser("grade", help="grade a folder of learners' decision files with papermill")
+    grade.add_argument("submissions", metavar="SUBMISSIONS_DIR", help="folder of decision files (*.json)")
+    grade.add_argument("--out", required=True, help="output folder: gradebook, feedback, notebooks, summary")
+    grade.add_argument("--workers", type=int, default=1, help="notebooks run at once, each on its own lab (default 1)")
+    grade.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT,
+                       help=f"seconds one notebook may run before it is stopped (default {DEFAULT_TIMEOUT:g})")
+    grade.add_argument("--time-scale", type=float, default=DEFAULT_TIME_SCALE,
+                       help=f"time scale of the graded labs (default {DEFAULT_TIME_SCALE:g}, five times faster)")
+    grade.add_argument("--no-progress", action="store_true", help="do not show the progress bar")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -74,6 +89,8 @@ def main(argv: list[str] | None = None) -> int:
             return run_chaos(args)
         if args.command == "report":
             return _report_command(args)
+        if args.command == "grade":
+            return _grade_command(args)
         if args.command == "cleanup":
             from .chaos.cli import run_cleanup
 
@@ -130,6 +147,22 @@ def _run_command(args: argparse.Namespace) -> int:
     if result.error:
         print(f"incidentlab: the notebook failed: {result.error}", file=sys.stderr)
         return 1
+    return 0
+
+
+def _grade_command(args: argparse.Namespace) -> int:
+    import signal
+
+    from .grading import grade
+
+    # SIGTERM ends the batch like Ctrl-C: running notebooks are stopped and their labs cleaned up.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    result = grade(args.submissions, args.out, workers=args.workers, timeout=args.timeout,
+                   time_scale=args.time_scale, progress=not args.no_progress)
+    counts = ", ".join(f"{count} {status}" for status, count in sorted(result.counts().items()))
+    print(f"graded {result.graded_now} notebooks, skipped {result.skipped} already graded; rows: {counts}")
+    print(f"gradebook: {result.gradebook}")
+    print(f"summary:   {result.summary}")
     return 0
 
 

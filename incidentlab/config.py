@@ -8,12 +8,14 @@ from pathlib import Path
 
 from .errors import ConfigError
 
-__all__ = ["LabConfig", "default_home", "BACKENDS"]
+__all__ = ["LabConfig", "default_home", "classic_ports_allowed", "BACKENDS"]
 
 BACKENDS = ("auto", "local", "docker", "kubernetes")
 
 #: Environment variable that sets the lab home.
 HOME_ENV = "INCIDENTLAB_HOME"
+#: Environment variable that, set to 0, makes every new lab pick free ports instead of the classic ones.
+CLASSIC_PORTS_ENV = "INCIDENTLAB_CLASSIC_PORTS"
 #: Environment variables naming a real cluster's kubeconfig context and the namespaces the lab may use there.
 KUBE_CONTEXT_ENV = "INCIDENTLAB_KUBE_CONTEXT"
 KUBE_NAMESPACES_ENV = "INCIDENTLAB_KUBE_NAMESPACES"
@@ -31,6 +33,11 @@ def default_home() -> Path:
     return Path(os.environ.get(HOME_ENV) or DEFAULT_HOME).expanduser()
 
 
+def classic_ports_allowed() -> bool:
+    """Return False when ``$INCIDENTLAB_CLASSIC_PORTS`` is 0 (batch grading sets it, so parallel labs skip the classic ports)."""
+    return os.environ.get(CLASSIC_PORTS_ENV, "1").strip().lower() not in ("0", "false", "no")
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class LabConfig:
     """Settings of one lab.
@@ -38,7 +45,8 @@ class LabConfig:
     ``time_scale`` multiplies every duration of the localnet (block time, consensus
     timeouts, fault cycles): 0.1 runs the lab ten times faster than real CometBFT timing.
     ``classic_ports`` asks for the well-known ports (26656, 26657, 26660) for the first
-    validator when they are free; other validators and busy ports get free ones.
+    validator when they are free; other validators and busy ports get free ones. It defaults
+    to True unless ``$INCIDENTLAB_CLASSIC_PORTS`` is 0.
     """
 
     home: Path = dataclasses.field(default_factory=default_home)
@@ -46,7 +54,7 @@ class LabConfig:
     validators: int = DEFAULT_VALIDATORS
     time_scale: float = 1.0
     chain_id: str = DEFAULT_CHAIN_ID
-    classic_ports: bool = True
+    classic_ports: bool = dataclasses.field(default_factory=classic_ports_allowed)
     kube_context: str | None = dataclasses.field(default_factory=lambda: os.environ.get(KUBE_CONTEXT_ENV) or None)
     kube_namespaces: tuple[str, ...] = dataclasses.field(
         default_factory=lambda: tuple(n.strip() for n in os.environ.get(KUBE_NAMESPACES_ENV, "").split(",") if n.strip()))

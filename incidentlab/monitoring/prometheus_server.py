@@ -24,6 +24,7 @@ import yaml
 
 from .._fileio import read_json, write_atomic, write_json_atomic
 from .._resources import data_path
+from ..config import classic_ports_allowed
 from ..errors import ConfigError, LocalnetError
 from ..localnet.network import port_is_free
 from ..probes.prometheus import PrometheusClient, parse_duration
@@ -329,7 +330,7 @@ def _choose_port(requested: int | None) -> int:
                 f"port {requested} on 127.0.0.1 is in use. Stop what listens there, or pass port=None to pick a free one."
             )
         return requested
-    if port_is_free(DEFAULT_PORT):
+    if classic_ports_allowed() and port_is_free(DEFAULT_PORT):
         return DEFAULT_PORT
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))

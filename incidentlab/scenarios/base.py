@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
+import json
 import logging
 import random
 import threading
@@ -180,7 +181,7 @@ class Simulation(LearnerDecisions):
         """
         if self.incident is None:
             return
-        kept = {k: v if isinstance(v, (str, int, float, bool, type(None))) else str(v) for k, v in options.items()}
+        kept = {key: value if _json_ready(value) else str(value) for key, value in options.items()}
         with self._lock:
             self.incident.add_event("action", "learner", f"{action} {target}", action=action, target=target,
                                     status=state.get("Status"), options=kept)
@@ -304,3 +305,12 @@ class Simulation(LearnerDecisions):
     def _require_incident(self) -> None:
         if self.incident is None:
             raise ScenarioError(f"simulation {self.scenario_id!r} has not started; call inject() first")
+
+
+def _json_ready(value: Any) -> bool:
+    """Return True when json.dumps accepts ``value``, so that a replayed call gets a mapping back rather than its text."""
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError):
+        return False
+    return True
