@@ -112,3 +112,18 @@ def test_two_down_accepts_either_target():
     variant = key.variant(7)  # two-down: virtengine-node-1 and virtengine-node-3
     for target in variant["targets"]:
         assert scores(key, variant, record(severity="SEV-1", target=target))["root_cause"].points == 25
+
+
+def test_status_updates_scored_on_learner_times(node_down):
+    """The replay posts every update at the grader's pace; the learner's own times decide lateness."""
+    key, variant = node_down
+    replayed = record(updates=[COMPLETE_UPDATE, COMPLETE_UPDATE])  # on time in the replay
+    severity = {**event("severity_set", severity="SEV-3"), "time": "2026-12-04T21:40:00Z"}
+    forged = {**event("update_overdue", posted=False), "time": "2026-12-04T21:40:01Z"}  # flags are recomputed
+    updates = [{**COMPLETE_UPDATE, "time": "2026-12-04T21:40:30Z"},  # due by 21:41:12 at time_scale 0.01
+               {**COMPLETE_UPDATE, "time": "2026-12-04T21:43:00Z"}]  # due by 21:41:42: posted late
+    submission = {"time_scale": 0.01, "timeline": [severity, forged], "decisions": {"status_updates": updates}}
+    item = {i.item: i for i in score_record(key.rubric, variant, replayed, submission)}["status_updates"]
+    assert item.points == pytest.approx(10 * 1 / 2)
+    assert "1 update(s) were posted late" in item.reason
+    assert "never posted" not in item.reason

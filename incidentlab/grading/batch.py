@@ -173,7 +173,7 @@ def _grade_one(submission: Submission, out: Path, key, timeout: float, time_scal
            "elapsed_s": result.elapsed_s, "ports": result.ports, "notebook": str(notebook.relative_to(out)),
            "graded_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
     if result.status == "ok":
-        items = score_record(key.rubric, variant, result.record)
+        items = score_record(key.rubric, variant, result.record, submission.data)
         row["items"] = [dataclasses.asdict(item) for item in items]
         row["score"] = round(sum(item.points for item in items), 2)
         row["measured_s"] = result.record.get("measured_s") or {}

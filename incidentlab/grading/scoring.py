@@ -29,15 +29,20 @@ class ItemScore:
     reason: str
 
 
-def score_record(rubric: list[dict], variant: dict, record: dict) -> list[ItemScore]:
+def score_record(rubric: list[dict], variant: dict, record: dict, submission: dict | None = None) -> list[ItemScore]:
     """Score ``record`` on every rubric item and return one ItemScore per item, in rubric order.
 
     ``variant`` is the one the scenario file draws for the seed (ScenarioKey.variant), so that
-    the expected answers never come from the submission.
+    the expected answers never come from the submission. ``submission`` is the learner's
+    decision file: the replay runs at the grader's pace, so the status updates are scored on
+    the times of the learner's own run, with the overdue flags computed again from them.
     """
     scores = []
     for item in rubric:
-        fraction, values = _SCORERS[item["item"]](item, variant, record)
+        source = record
+        if item["item"] == "status_updates" and submission is not None:
+            source = _learner_communication(submission)
+        fraction, values = _SCORERS[item["item"]](item, variant, source)
         verdict = "partial"
         if fraction >= 1:
             verdict = "right"
@@ -115,6 +120,15 @@ def _status_updates(item: dict, variant: dict, record: dict) -> tuple[float, dic
     good = max(0, len(posted) - late - incomplete)
     fraction = good / due if due else 0.0
     return fraction, {"posted": len(posted), "detail": "; ".join(problems)}
+
+
+def _learner_communication(submission: dict) -> dict:
+    """Return the learner's communication as a record: their update times, flags computed here."""
+    from ..incident.communication import replay_communication
+
+    updates = (submission.get("decisions") or {}).get("status_updates") or []
+    incident = replay_communication(submission.get("timeline") or [], updates, submission.get("time_scale") or 1.0)
+    return incident.to_json()
 
 
 _SCORERS = {

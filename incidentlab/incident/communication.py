@@ -10,10 +10,10 @@ import datetime as _dt
 import logging
 from typing import Any
 
-from .record import SEVERITY_LEVELS, Incident, TimelineEvent
+from .record import SEVERITY_LEVELS, STATUSES, Incident, TimelineEvent
 
 __all__ = ["update_cadence", "response_target", "response_check", "record_update", "flag_overdue",
-           "updates_table"]
+           "updates_table", "replay_communication"]
 
 logger = logging.getLogger(__name__)
 
@@ -109,6 +109,44 @@ def updates_table(incident: Incident) -> list[dict[str, Any]]:
     return rows
 
 
+def replay_communication(timeline: list[dict], updates: list[dict], time_scale: float = 1.0) -> Incident:
+    """Rebuild an incident's communication from an exported timeline and its status updates.
+
+    The times come from the export (the learner's own run), but the overdue flags are computed
+    again here, so that flags in the export are never trusted. Events of unknown kinds and
+    events without a readable time are left out. Returns an Incident that has the severity
+    changes, status changes and status updates, and the overdue events.
+    """
+    incident = Incident(id="INC-00000000-000", scenario="", title="", time_scale=time_scale)
+    for event in timeline:
+        when = _event_time(event)
+        if when is None:
+            continue
+        if event.get("kind") == "severity_set" and event.get("data", {}).get("severity") in SEVERITY_LEVELS:
+            incident.set_severity(event["data"]["severity"], time=when)
+        elif event.get("kind") == "status_changed" and event.get("data", {}).get("status") in STATUSES:
+            incident.set_status(event["data"]["status"], time=when)
+    last = max((_event_time(event) for event in timeline if _event_time(event)), default=None)
+    for update in updates:
+        posted = _parse(update.get("time"))
+        if posted is None:
+            continue
+        promised = update.get("next_update_in_minutes")
+        fields = {key: update.get(key) for key in ("status", "conditions", "actions", "needs")}
+        record_update(incident, {**fields, "next_update_in_minutes": promised}, time=posted)
+        last = max(last, posted) if last else posted
+    if last is not None:
+        flag_overdue(incident, until=last)
+    return incident
+
+
+def _event_time(event: dict) -> _dt.datetime | None:
+    try:
+        return _parse(event.get("time"))
+    except (TypeError, ValueError):
+        return None
+
+
 def _due_times(incident: Incident, until: _dt.datetime) -> list[tuple[_dt.datetime, _dt.datetime | None]]:
     """Return (due time, time of the update that replied to it, or None) for each due time before ``until``."""
     due, pairs = _first_due(incident), []
@@ -148,6 +186,8 @@ def _iso(value: _dt.datetime) -> str:
 
 
 def _parse(value: str | None) -> _dt.datetime | None:
+    """Read an ISO 8601 UTC time with or without fractions of a second ("...Z" or "+00:00")."""
     if not value:
         return None
-    return _dt.datetime.strptime(value, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=_dt.timezone.utc)
+    parsed = _dt.datetime.fromisoformat(value)
+    return parsed.replace(tzinfo=_dt.timezone.utc) if parsed.tzinfo is None else parsed.astimezone(_dt.timezone.utc)

@@ -49,6 +49,7 @@ def export_decisions(incident: Incident) -> dict:
         "learner": incident.learner or "learner",
         "scenario": incident.scenario,
         "seed": incident.seed if incident.seed is not None else 0,
+        "time_scale": incident.time_scale,
         "incident_id": incident.id,
         "exported_at": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
         "decisions": decisions,

@@ -152,7 +152,7 @@ def _scale(incident: Incident) -> str:
 
 
 def _parse_iso(text: str) -> _dt.datetime:
-    return _dt.datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=_dt.timezone.utc)
+    return _dt.datetime.fromisoformat(text).astimezone(_dt.timezone.utc)
 
 
 def _severity(code: str | None) -> str:
