@@ -72,6 +72,9 @@ def run_notebook(notebook: str, parameters: dict[str, Any] | None = None, *, hom
     home_path = Path(home).expanduser().resolve() if home else default_home()
     _check_names(path, parameters or {})
     params = {**RUN_DEFAULTS, **{k: _convert(v) for k, v in (parameters or {}).items()}}
+    seed = params.get("seed")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ConfigError(f"seed={seed!r} is invalid; use a whole number, like -p seed 7")
     # Only simulations have decisions to read; the lab-setup notebook has none.
     if scenario in SCENARIOS and not params.get("answers_path") and params["mode"] == "batch":
         params["answers_path"] = str(_example_answers(scenario, params["seed"]))

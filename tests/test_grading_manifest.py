@@ -81,3 +81,19 @@ def test_graded_labs_skip_classic_ports(monkeypatch, tmp_path):
     monkeypatch.delenv("INCIDENTLAB_CLASSIC_PORTS")
     assert LabConfig(home=tmp_path).classic_ports is True
 
+
+
+def test_total_counts_graded_rows_only():
+    from incidentlab.grading.report import gradebook_rows
+
+    def row(scenario, status, score):
+        return {"learner": "ada", "learner_safe": "ada", "scenario": scenario, "seed": 7, "status": status,
+                "score": score, "max_score": 100.0, "items": [], "reason": None, "file": f"{scenario}.json"}
+
+    totals = [r for r in gradebook_rows([row("node-down", "ok", 80.0), row("high-error-rate", "error", None)])
+              if r["scenario"] == "TOTAL"]
+    assert totals[0]["score"] == 80.0
+    assert totals[0]["max_score"] == 100.0
+    assert totals[0]["status"] == "incomplete: 1 of 2 not graded"
+    nothing = [r for r in gradebook_rows([row("node-down", "timeout", None)]) if r["scenario"] == "TOTAL"]
+    assert nothing[0]["score"] is None

@@ -61,12 +61,13 @@ def gradebook_rows(rows: list[dict]) -> list[dict]:
 
 
 def _total(learner: str, rows: list[dict]) -> dict:
+    """Return a learner's TOTAL row over the graded rows only: a row not graded adds neither points nor a maximum."""
     graded = [row for row in rows if row["status"] == "ok"]
     missing = len(rows) - len(graded)
     return {"learner": rows[0]["learner"], "learner_file": learner, "scenario": "TOTAL",
             "status": "ok" if not missing else f"incomplete: {missing} of {len(rows)} not graded",
-            "score": round(sum(row["score"] for row in graded), 2),
-            "max_score": round(sum(row["max_score"] for row in rows), 2)}
+            "score": round(sum(row["score"] for row in graded), 2) if graded else None,
+            "max_score": round(sum(row["max_score"] for row in graded), 2) if graded else None}
 
 
 def _write_gradebook(path: Path, table: list[dict]) -> Path:

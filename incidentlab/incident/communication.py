@@ -1,7 +1,7 @@
 """Communication during an incident: status updates on the severity's cadence, and response targets.
 
 The severity sets both the response-time target and how often stakeholders hear from the
-responders; the lab's time_scale compresses both, as it compresses every other duration.
+responders. The lab's time_scale compresses both, as it compresses every other duration.
 """
 
 from __future__ import annotations

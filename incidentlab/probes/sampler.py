@@ -142,7 +142,12 @@ class HeightSampler:
                 if busy:
                     logger.debug("target %s: previous probe still running, skipping this tick", name)
                     continue
-                self._pool.submit(self._probe, name)
+                try:
+                    self._pool.submit(self._probe, name)
+                except RuntimeError:
+                    # The interpreter is exiting and has shut the pool down: stop sampling quietly.
+                    logger.debug("sampler stopped at interpreter exit while probing %s", name)
+                    return
 
             # Ticks follow a fixed schedule, so a slow loop does not drift the sampling times.
             # After a stall longer than one interval (a suspended laptop), restart the schedule

@@ -243,8 +243,11 @@ class Simulation(LearnerDecisions):
         if not self.active:
             return []
         undone = self.revert_fault()
+        # After a verified recovery the fault no longer hurt; what remains is the lab's own tidying.
+        recovered = self.incident is not None and self.incident.first("recovery_verified") is not None
+        prefix = "lab cleanup after the verified recovery" if recovered else "fault still in place at close, reverted"
         for item in undone:
-            self._event("note", "lab", f"fault still in place at close, reverted: {item}")
+            self._event("note", "lab", f"{prefix}: {item}")
         if self._sampler is not None:
             self._sampler.stop()
         self.active = False
