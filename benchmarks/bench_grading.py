@@ -3,7 +3,7 @@
 Every notebook runs on a new embedded lab on 127.0.0.1 in a temporary folder.
 The Markdown report goes to stdout and progress lines go to stderr.
 
-Usage: python benchmarks/bench_grading.py [--learners 4] [--time-scale 0.2]
+Usage: python benchmarks/bench_grading.py [--learners 30] [--time-scale 0.2]
 """
 
 from __future__ import annotations
@@ -27,18 +27,13 @@ sys.path.insert(0, str(ROOT))
 from incidentlab.grading import grade  # noqa: E402
 from incidentlab.incident.decisions import to_answers  # noqa: E402
 
-#: Scenario, seed, faulty target and expected severity of each learner in turn: two variants of each simulation.
-CASES = (("node-down", 2, "virtengine-node-2", "SEV-3"), ("high-error-rate", 7, "virtengine-node-0", "SEV-2"),
-         ("node-down", 7, "virtengine-node-1", "SEV-1"), ("high-error-rate", 2, "virtengine-node-0", "SEV-2"))
-#: Remediation that fixes each case, as the report cell records it.
-FIXES = {("node-down", 2): [("start", "virtengine-node-2")],
-         ("node-down", 7): [("start", "virtengine-node-1"), ("start", "virtengine-node-3")],
-         ("high-error-rate", 7): [("halt", "all faults")], ("high-error-rate", 2): [("halt", "all faults")]}
+#: The example answers files, one per simulation variant: every learner of the roster submits one of them.
+EXAMPLES = sorted((ROOT / "data" / "answers").glob("*-seed-*.yaml"))
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--learners", type=int, default=4, help="decision files in the roster (default 4)")
+    parser.add_argument("--learners", type=int, default=30, help="decision files in the roster (default 30)")
     parser.add_argument("--time-scale", type=float, default=0.2, help="time scale of every lab (default 0.2)")
     args = parser.parse_args()
     # SIGTERM stops the benchmark like Ctrl-C, so the running notebook's lab is cleaned up.
@@ -64,19 +59,31 @@ def main() -> int:
 
 
 def write_roster(folder: Path, learners: int) -> Path:
-    """Write ``learners`` decision files that each fix their fault, cycling through CASES."""
+    """Write ``learners`` decision files that each fix their fault, cycling through every simulation's examples."""
+    import yaml
+
     folder.mkdir(parents=True)
     for index in range(learners):
-        scenario, seed, target, severity = CASES[index % len(CASES)]
-        data = {"schema": "incidentlab/decisions", "schema_version": 1, "learner": f"learner-{index:03d}",
-                "scenario": scenario, "seed": seed,
-                "decisions": {"acknowledge": True, "triage": {"severity": severity},
-                              "status": ["Investigating", "Identified", "Monitoring", "Resolved"],
-                              "diagnosis": {"category": "container or orchestration", "target": target}},
-                "actions": [{"action": action, "target": name, "options": {}} for action, name in FIXES[(scenario, seed)]],
-                "timeline": []}
+        path = EXAMPLES[index % len(EXAMPLES)]
+        scenario, _, seed = path.stem.rpartition("-seed-")
+        answers = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = decision_file(answers, scenario, int(seed), f"learner-{index:03d}")
         (folder / f"learner-{index:03d}.json").write_text(json.dumps(data), encoding="utf-8")
     return folder
+
+
+def decision_file(answers: dict, scenario: str, seed: int, learner: str) -> dict:
+    """Return the decision file that a learner who made the decisions of ``answers`` would export."""
+    keys = ("triage", "diagnosis", "root_cause", "resolution", "action_items", "lessons_learned")
+    decisions = {key: answers.get(key) for key in keys}
+    decisions.update(acknowledge=True, status=["Investigating", "Identified", "Monitoring", "Resolved"],
+                     status_updates=[{**update, "time": "2026-12-04T12:00:00Z"}
+                                     for update in answers.get("status_updates", [])][:1])
+    actions = [{"action": action["action"], "target": action.get("target"),
+                "options": {k: v for k, v in action.items() if k not in ("action", "target")}}
+               for action in answers.get("actions", [])]
+    return {"schema": "incidentlab/decisions", "schema_version": 1, "learner": learner, "scenario": scenario,
+            "seed": seed, "decisions": decisions, "actions": actions, "timeline": []}
 
 
 def bare_papermill(roster: Path, folder: Path, time_scale: float) -> int:

@@ -130,11 +130,19 @@ class ProviderCluster:
                 f"kubeconfig context {context!r} is not named in the lab configuration (kube_context="
                 f"{config.kube_context!r}); the lab uses a real cluster only when you name its context, "
                 "for example with INCIDENTLAB_KUBE_CONTEXT=kind-incidentlab")
+        import yaml
+
+        source = kubeconfig or os.environ.get("KUBECONFIG") or "~/.kube/config"
         try:
             api_client = kube_config.new_client_from_config(
                 config_file=str(kubeconfig) if kubeconfig else None, context=context)
         except (kube_config.ConfigException, OSError) as exc:
-            raise ConfigError(f"cannot load context {context!r} from {kubeconfig or '~/.kube/config'}: {exc}") from exc
+            raise ConfigError(f"cannot load context {context!r} from {source}: {exc}") from exc
+        except (yaml.YAMLError, TypeError, AttributeError, KeyError, ValueError) as exc:
+            # The client reads the file with PyYAML and indexes into it, so a malformed file
+            # surfaces as a parse error or a TypeError deep inside it.
+            raise ConfigError(f"kubeconfig {source} is malformed ({type(exc).__name__}: {exc}); check it with "
+                              f"`kubectl --kubeconfig {source} config view`, or point KUBECONFIG at a valid file") from exc
         return cls(api_client, context=context, lab=lab, allowed_namespaces=config.kube_namespaces)
 
     @contextlib.contextmanager

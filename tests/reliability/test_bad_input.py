@@ -207,3 +207,18 @@ def test_record_survives_writer_killed_mid_save(tmp_path):
         assert len(record["timeline"]) - 1 in (saved, saved + 1)
         assert store.load(incident_id).id == incident_id
     assert saved > 0
+
+
+@pytest.mark.parametrize("text", ["apiVersion: v1\nclusters: [unclosed\n", "just text\n", "- a list\n"])
+def test_malformed_kubeconfig_named(tmp_path, monkeypatch, text):
+    from incidentlab.backends.kubernetes import ProviderCluster
+    from incidentlab.config import LabConfig
+
+    path = tmp_path / "kubeconfig"
+    path.write_text(text)
+    monkeypatch.setenv("KUBECONFIG", str(path))
+    config = LabConfig(home=tmp_path / "lab", kube_context="kind-incidentlab")
+    with pytest.raises(ConfigError) as caught:
+        ProviderCluster.from_kubeconfig(config)
+    assert str(path) in str(caught.value)
+    assert "KUBECONFIG" in str(caught.value)
