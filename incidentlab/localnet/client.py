@@ -12,13 +12,13 @@ import collections
 import http.client
 import logging
 import random
-import signal
 import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 from .gateway import ROUTE_LATEST_BLOCK, ROUTE_NODE_INFO, ROUTE_SYNCING, upstream_timeout, watch_network_file
+from .servicemain import configure_logging, service_parser, stop_on_signals
 from .network import (
     DEFAULT_CLIENT_CONCURRENCY, DEFAULT_CLIENT_RATE, DEFAULT_UPSTREAM_TIMEOUT, ServiceSpec, load_network,
 )
@@ -162,29 +162,17 @@ def client_timeout(gateway_timeout: float) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the client named ``--name`` of the network file ``--network`` until SIGTERM or SIGINT; return the exit code."""
-    parser = argparse.ArgumentParser(prog="python -m incidentlab.localnet.client", description=__doc__)
-    parser.add_argument("--network", required=True, help="path of the localnet's network.json")
-    parser.add_argument("--name", required=True, help="client name in the network file, like virtengine-client")
+    parser = service_parser("incidentlab.localnet.client", __doc__, "virtengine-client")
     parser.add_argument("--rate", type=float, default=None, help="requests per second (default: the network file's, else 5)")
     parser.add_argument("--seed", type=int, default=None, help="seed of the request mix (default: the network file's, else 0)")
-    parser.add_argument("--log-level", default="INFO", help="logging level (default: INFO)")
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(), stream=sys.stderr,
-        format="%(levelname).1s[%(asctime)s.%(msecs)03d] %(message)s module=%(name)s", datefmt="%Y-%m-%d|%H:%M:%S",
-    )
+    configure_logging(args.log_level)
     load = _load_client(parser, args)
 
     stopped = threading.Event()
-
-    def on_signal(signum: int, frame) -> None:
-        logger.info("received %s, shutting down client=%s", signal.Signals(signum).name, load.name)
-        stopped.set()
-
     # The supervisor takes a SIGTERM handler as the sign that the client is ready, so it is
     # installed once the network file has been read and just before the loop starts.
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    stop_on_signals(stopped, "client", load.name)
     watch_network_file(args.network, stopped, load.name)
     logger.info("starting client=%s gateway=127.0.0.1:%d rate=%.1f/s timeout=%.2fs", load.name, load.port,
                 load.rate, load.timeout)

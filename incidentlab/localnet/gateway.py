@@ -11,7 +11,6 @@ import argparse
 import http.client
 import json
 import logging
-import signal
 import sys
 import threading
 import time
@@ -23,6 +22,7 @@ from . import cosmos_rest
 from .metrics import Counter, Histogram, Registry
 from .network import DEFAULT_UPSTREAM_TIMEOUT, Network, ServiceSpec, ValidatorSpec, load_network
 from .httpserver import ServiceHTTPServer
+from .servicemain import configure_logging, service_parser, stop_on_signals
 from .routes import RouteCache
 
 __all__ = ["Gateway", "Upstream", "UpstreamError", "upstream_timeout", "watch_network_file", "main"]
@@ -292,25 +292,13 @@ def watch_network_file(path: str, stopped: threading.Event, name: str) -> thread
 
 def main(argv: list[str] | None = None) -> int:
     """Run the gateway named ``--name`` of the network file ``--network`` until SIGTERM or SIGINT; return the exit code."""
-    parser = argparse.ArgumentParser(prog="python -m incidentlab.localnet.gateway", description=__doc__)
-    parser.add_argument("--network", required=True, help="path of the localnet's network.json")
-    parser.add_argument("--name", required=True, help="gateway name in the network file, like virtengine-gateway")
-    parser.add_argument("--log-level", default="INFO", help="logging level (default: INFO)")
+    parser = service_parser("incidentlab.localnet.gateway", __doc__, "virtengine-gateway")
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(), stream=sys.stderr,
-        format="%(levelname).1s[%(asctime)s.%(msecs)03d] %(message)s module=%(name)s", datefmt="%Y-%m-%d|%H:%M:%S",
-    )
+    configure_logging(args.log_level)
     gateway = _load_gateway(parser, args)
     stopped = threading.Event()
-
-    def on_signal(signum: int, frame) -> None:
-        logger.info("received %s, shutting down gateway=%s", signal.Signals(signum).name, gateway.spec.name)
-        stopped.set()
-
     # The handlers come before the ports accept requests, so a stop right after the start still exits cleanly.
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    stop_on_signals(stopped, "gateway", gateway.spec.name)
     try:
         servers = _serve(gateway)
     except OSError as exc:

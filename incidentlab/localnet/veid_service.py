@@ -12,7 +12,6 @@ import datetime as _dt
 import json
 import logging
 import random
-import signal
 import sys
 import threading
 import time
@@ -21,6 +20,7 @@ from http.server import BaseHTTPRequestHandler
 
 from .gateway import watch_network_file
 from .httpserver import ServiceHTTPServer
+from .servicemain import configure_logging, service_parser, stop_on_signals
 from .metrics import Counter, Gauge, Histogram, Registry
 from .network import Network, ServiceSpec, load_network
 
@@ -244,24 +244,12 @@ class VeidService:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the VEID service ``--name`` of the network file ``--network`` until SIGTERM or SIGINT; return the exit code."""
-    parser = argparse.ArgumentParser(prog="python -m incidentlab.localnet.veid_service", description=__doc__)
-    parser.add_argument("--network", required=True, help="path of the localnet's network.json")
-    parser.add_argument("--name", required=True, help="service name in the network file, like virtengine-veid")
-    parser.add_argument("--log-level", default="INFO", help="logging level (default: INFO)")
+    parser = service_parser("incidentlab.localnet.veid_service", __doc__, "virtengine-veid")
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(), stream=sys.stderr,
-        format="%(levelname).1s[%(asctime)s.%(msecs)03d] %(message)s module=%(name)s", datefmt="%Y-%m-%d|%H:%M:%S",
-    )
+    configure_logging(args.log_level)
     service = _load_service(parser, args)
     stopped = threading.Event()
-
-    def on_signal(signum: int, frame) -> None:
-        logger.info("received %s, shutting down service=%s", signal.Signals(signum).name, service.spec.name)
-        stopped.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    stop_on_signals(stopped, "service", service.spec.name)
     try:
         servers = _serve(service)
     except OSError as exc:

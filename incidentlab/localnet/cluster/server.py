@@ -6,7 +6,6 @@ Serves on 127.0.0.1 only. Every response follows the real API server's shapes, s
 
 from __future__ import annotations
 
-import argparse
 import hmac
 import json
 import logging
@@ -14,10 +13,8 @@ import os
 import re
 import secrets
 import shutil
-import signal
 import ssl
 import subprocess
-import sys
 import threading
 import urllib.parse
 import uuid
@@ -26,6 +23,7 @@ from pathlib import Path
 
 from ..gateway import watch_network_file
 from ..httpserver import ServiceHTTPServer
+from ..servicemain import configure_logging, service_parser, stop_on_signals
 from ..network import load_network
 from . import resources as discovery
 from .admission import Forbidden
@@ -248,14 +246,9 @@ def read_or_create_token(home: Path) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the cluster named ``--name`` of the network file ``--network`` until SIGTERM or SIGINT."""
-    parser = argparse.ArgumentParser(prog="python -m incidentlab.localnet.cluster", description=__doc__)
-    parser.add_argument("--network", required=True, help="path of the localnet's network.json")
-    parser.add_argument("--name", required=True, help="cluster name in the network file, like virtengine-cluster")
-    parser.add_argument("--log-level", default="INFO", help="logging level (default: INFO)")
+    parser = service_parser("incidentlab.localnet.cluster", __doc__, "virtengine-cluster")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
-                        format="%(levelname).1s[%(asctime)s.%(msecs)03d] %(message)s module=%(name)s",
-                        datefmt="%Y-%m-%d|%H:%M:%S")
+    configure_logging(args.log_level)
     network = load_network(args.network)
     try:
         spec = network.service(args.name)
@@ -265,13 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     if spec.kind != "cluster":
         parser.error(f"service {args.name!r} in {args.network} has kind {spec.kind!r}, not 'cluster'")
     stopped = threading.Event()
-
-    def on_signal(signum: int, frame) -> None:
-        logger.info("received %s, shutting down cluster=%s", signal.Signals(signum).name, spec.name)
-        stopped.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    stop_on_signals(stopped, "cluster", spec.name)
     return _serve(spec, network.time_scale, args.network, stopped)
 
 
