@@ -132,12 +132,16 @@ class ProviderCluster:
                 "for example with INCIDENTLAB_KUBE_CONTEXT=kind-incidentlab")
         import yaml
 
-        source = kubeconfig or os.environ.get("KUBECONFIG") or "~/.kube/config"
+        # The client reads KUBECONFIG once, when it is first imported, so pass the current value.
+        from_env = os.environ.get("KUBECONFIG")
+        config_file = str(kubeconfig) if kubeconfig else (from_env if from_env and os.pathsep not in from_env else None)
+        source = config_file or from_env or "~/.kube/config"
         try:
-            api_client = kube_config.new_client_from_config(
-                config_file=str(kubeconfig) if kubeconfig else None, context=context)
+            api_client = kube_config.new_client_from_config(config_file=config_file, context=context)
         except (kube_config.ConfigException, OSError) as exc:
-            raise ConfigError(f"cannot load context {context!r} from {source}: {exc}") from exc
+            raise ConfigError(f"cannot load context {context!r} from {source}: {exc}; list its contexts with "
+                              f"`kubectl --kubeconfig {source} config get-contexts`, or point KUBECONFIG at "
+                              "another file") from exc
         except (yaml.YAMLError, TypeError, AttributeError, KeyError, ValueError) as exc:
             # The client reads the file with PyYAML and indexes into it, so a malformed file
             # surfaces as a parse error or a TypeError deep inside it.

@@ -1,4 +1,4 @@
-"""What every localnet service's ``main()`` shares: its command line, its log format and its stop signals.
+"""The parts every localnet service's ``main()`` shares: its command line, its log format and its stop signals.
 
 Standard library only, because the services run unchanged inside any image that has python3.
 """
