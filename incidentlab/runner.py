@@ -123,9 +123,9 @@ def run_notebook(notebook: str, parameters: dict[str, Any] | None = None, *, hom
 def salvage_report(home: Path, since: _dt.datetime, error: str) -> dict | None:
     """Save the report of the newest incident begun since ``since`` in ``home``, noting the failure.
 
-    A run that fails before its report cell still leaves the incident record that the
-    simulation saved at each event; this adds a note with ``error``, writes the report and the
-    decision file, and returns the record (None when no incident was begun).
+    A run that fails before its report cell still leaves the incident record, because the
+    simulation saves it at each event. This adds a note with ``error``, writes the report and
+    the decision file, and returns the record (None when no incident was begun).
     """
     from .incident.decisions import save_decisions
     from .incident.record import IncidentStore

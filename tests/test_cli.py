@@ -106,7 +106,7 @@ def test_run_lab_setup_needs_no_answers(home):
 
 
 @pytest.mark.notebook
-def test_a_failed_run_still_saves_its_report_and_decisions(home, tmp_path):
+def test_run_failed_still_saves_report(home, tmp_path):
     import yaml
 
     from incidentlab._resources import data_path

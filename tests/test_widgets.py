@@ -20,7 +20,7 @@ def triage_form(recorded: list) -> DecisionForm:
     return DecisionForm("triage", "Triage", fields, recorded.append)
 
 
-def test_invalid_values_are_shown_beside_their_field_and_not_recorded():
+def test_form_invalid_value_not_recorded():
     recorded = []
     form = triage_form(recorded)
     form.fields["severity"].widget.value = "SEV-2"
@@ -32,13 +32,13 @@ def test_invalid_values_are_shown_beside_their_field_and_not_recorded():
     assert "Not recorded" in form.message.value
 
 
-def test_a_missing_required_field_is_shown_beside_it():
+def test_form_missing_required_field():
     form = triage_form([])
     assert form.submit() is None
     assert "SEV-1" in form.fields["severity"].error.value
 
 
-def test_valid_values_are_recorded_and_errors_cleared():
+def test_form_valid_values_recorded():
     recorded = []
     form = triage_form(recorded)
     form.submit()
@@ -50,7 +50,7 @@ def test_valid_values_are_recorded_and_errors_cleared():
     assert "Recorded at" in form.message.value
 
 
-def test_an_error_from_the_simulation_lands_beside_its_field():
+def test_form_simulation_error_beside_field():
     def reject_service(decision):
         raise AnswerFileError("triage", "triage: 'ledger' is not a service of this scenario", "severity")
 
@@ -60,7 +60,7 @@ def test_an_error_from_the_simulation_lands_beside_its_field():
     assert "ledger" in form.fields["severity"].error.value
 
 
-def test_action_items_are_read_one_per_line():
+def test_action_items_one_per_line():
     text = "prevent: supervise validators\n\n- mitigate: alert on missed blocks\njust text"
     assert parse_action_items(text) == [
         {"type": "prevent", "text": "supervise validators"},
@@ -80,7 +80,7 @@ def lab(tmp_path):
 
 
 @pytest.mark.integration
-def test_forms_record_every_decision_of_an_interactive_simulation(lab):
+def test_forms_record_interactive_decisions(lab):
     sim = lab.simulation("node-down", learner="ada", seed=2)
     sim.inject()
     try:
@@ -124,7 +124,7 @@ def test_forms_record_every_decision_of_an_interactive_simulation(lab):
 
 
 @pytest.mark.integration
-def test_batch_forms_build_no_widget_and_record_the_answers(lab):
+def test_batch_forms_build_no_widget(lab):
     sim = lab.simulation("node-down", learner="ada", seed=7, mode="batch",
                          answers_path=ANSWERS / "node-down-seed-7.yaml")
     sim.inject()

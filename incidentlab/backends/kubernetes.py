@@ -134,7 +134,9 @@ class ProviderCluster:
 
         # The client reads KUBECONFIG once, when it is first imported, so pass the current value.
         from_env = os.environ.get("KUBECONFIG")
-        config_file = str(kubeconfig) if kubeconfig else (from_env if from_env and os.pathsep not in from_env else None)
+        config_file = str(kubeconfig) if kubeconfig else None
+        if config_file is None and from_env and os.pathsep not in from_env:
+            config_file = from_env  # a list of files is left to the client, which merges them
         source = config_file or from_env or "~/.kube/config"
         try:
             api_client = kube_config.new_client_from_config(config_file=config_file, context=context)

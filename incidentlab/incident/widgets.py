@@ -1,8 +1,8 @@
 """ipywidgets forms that fill the learner's decisions and record them in the incident's timeline.
 
-Each form edits one decision kind; its submit button checks the values against the kind's
-JSON schema, shows each problem beside its field, and records the decision only when all
-pass. Batch runs never build a form: their decisions come from the answers file.
+Each form edits one decision kind. Its submit button checks the values against the kind's
+JSON schema and shows each problem beside its field, and it records the decision only when
+all pass. Batch runs never build a form: their decisions come from the answers file.
 """
 
 from __future__ import annotations
@@ -49,8 +49,8 @@ class DecisionForm:
     """A form for one decision ``kind`` (a schema name) that calls ``on_submit(decision)`` when valid.
 
     ``on_submit`` may raise an IncidentLabError with a ``field`` attribute (like AnswerFileError)
-    for a rule the schema cannot know, such as a service the scenario does not have; the error
-    is shown beside that field. Display the form by making it a cell's last expression.
+    for a rule the schema cannot know, such as a service the scenario does not have. The error
+    is then shown beside that field. Display the form by making it a cell's last expression.
     """
 
     def __init__(self, kind: str, title: str, fields: list[Field], on_submit: Callable[[dict], Any], *,
